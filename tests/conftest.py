@@ -1,0 +1,17 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
+CIFAR_JPEG = os.path.join(SHARED_DATA, "cifar10-jpeg.tar.gz")
+
+
+def shared_path(*parts):
+    """A path under ../shared/data, or skip the test when it is not there (a user's fresh clone)."""
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not present (../shared is only beside developer and CI checkouts)")
+    return path

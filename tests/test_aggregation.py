@@ -1,0 +1,174 @@
+import csv
+import itertools
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aggregation as agg
+import noise_sim
+from conftest import shared_path
+
+
+def random_annotations(rng, n=30, m=6, K=3, r=3):
+    conf = noise_sim.class_wise_hammer_spammer(m, K, 0.4, rng)
+    truth = rng.integers(0, K, size=n)
+    items, workers, labels = noise_sim.simulate_labels(truth, conf, r, rng)
+    return truth, conf, agg.Annotations(items, workers, labels, n, m, K)
+
+
+def brute_force_posterior(ann, confusions, prior):
+    """The product formula, one item and one label at a time."""
+    out = np.zeros((ann.n, ann.K))
+    for i in range(ann.n):
+        for k in range(ann.K):
+            p = prior[k]
+            for a, l in zip(ann.workers[ann.items == i], ann.labels[ann.items == i], strict=True):
+                p *= confusions[a, k, l]
+            out[i, k] = p
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def test_posterior_equals_product_formula():
+    rng = np.random.default_rng(0)
+    _, _, ann = random_annotations(rng)
+    confusions = rng.dirichlet(np.ones(ann.K), size=(ann.m, ann.K))
+    prior = rng.dirichlet(np.ones(ann.K))
+    assert np.allclose(agg.posterior(ann, confusions, prior), brute_force_posterior(ann, confusions, prior))
+    assert np.allclose(agg.posterior(ann, confusions), brute_force_posterior(ann, confusions, np.ones(ann.K)))
+
+
+def test_mbem_step_equals_paper_formulas():
+    rng = np.random.default_rng(1)
+    truth, _, ann = random_annotations(rng, n=40)
+    probs = rng.dirichlet(np.ones(ann.K), size=ann.n)
+    t = probs.argmax(axis=1)
+    # M-step: pi_a[k, l] = #(t = k, a said l) / #(t = k, a labelled)
+    counts = np.zeros((ann.m, ann.K, ann.K))
+    for i, a, l in zip(ann.items, ann.workers, ann.labels, strict=True):
+        counts[a, t[i], l] += 1
+    rows = counts.sum(axis=2, keepdims=True)
+    expected = np.where(rows > 0, np.where(counts > 0, counts, 1e-10), 1 / ann.K)
+    expected /= expected.sum(axis=2, keepdims=True)
+    q = np.bincount(t, minlength=ann.K) / ann.n
+    post, confusions, prior = agg.mbem_step(ann, probs, class_prior=True)
+    assert np.allclose(confusions, expected)
+    assert np.allclose(prior, q)
+    assert np.allclose(post, brute_force_posterior(ann, expected, q))
+    post_release, _, no_prior = agg.mbem_step(ann, probs)
+    assert no_prior is None
+    assert np.allclose(post_release, brute_force_posterior(ann, expected, np.ones(ann.K)))
+    # soft: counts weighted by the model's probabilities
+    _, soft, _ = agg.mbem_step(ann, probs, hard=False, smoothing=0.0)
+    soft_counts = np.zeros((ann.m, ann.K, ann.K))
+    for i, a, l in zip(ann.items, ann.workers, ann.labels, strict=True):
+        soft_counts[a, :, l] += probs[i]
+    assert np.allclose(soft, soft_counts / soft_counts.sum(axis=2, keepdims=True))
+
+
+def test_additive_smoothing():
+    ann = agg.Annotations.from_arrays([0, 1], [0, 0], [0, 1], K=2)
+    conf = agg.estimate_confusions(ann, np.array([[1.0, 0], [1.0, 0]]), smoothing=1.0)
+    assert np.allclose(conf[0], [[2 / 4, 2 / 4], [0.5, 0.5]])
+
+
+def test_dawid_skene_fixed_point_and_monotone():
+    rng = np.random.default_rng(2)
+    _, _, ann = random_annotations(rng, n=200, m=8, K=3, r=4)
+    result = agg.dawid_skene(ann, max_iter=500, tol=1e-12)
+    assert np.all(np.diff(result.log_likelihood) > -1e-6)
+    # one more EM round from the returned posterior changes nothing
+    again = agg.dawid_skene(ann, max_iter=1, init=result.posterior)
+    assert np.allclose(again.posterior, result.posterior, atol=1e-4)
+    assert result.iterations < 500
+
+
+def test_dawid_skene_beats_majority_vote_on_simulated_spammers():
+    rng = np.random.default_rng(3)
+    truth, _, ann = random_annotations(rng, n=2000, m=20, K=4, r=5)
+    mv = agg.majority_vote(ann, rng)
+    ds = agg.dawid_skene(ann).posterior.argmax(axis=1)
+    assert (ds == truth).mean() > (mv == truth).mean() + 0.02
+
+
+def test_majority_vote_ties_are_uniform():
+    # item 0: labels 0, 1, 2 once each: a three-way tie
+    ann = agg.Annotations.from_arrays([0, 0, 0], [0, 1, 2], [0, 1, 2])
+    rng = np.random.default_rng(4)
+    picks = np.array([agg.majority_vote(ann, rng)[0] for _ in range(3000)])
+    assert np.allclose(np.bincount(picks, minlength=3) / 3000, 1 / 3, atol=0.03)
+    # a clear majority is never overturned
+    ann = agg.Annotations.from_arrays([0, 0, 0], [0, 1, 2], [1, 1, 2])
+    assert all(agg.majority_vote(ann, rng)[0] == 1 for _ in range(200))
+
+
+def test_weighted_majority_vote_is_label_frequency():
+    ann = agg.Annotations.from_arrays([0, 0, 0, 1], [0, 1, 2, 0], [1, 1, 2, 0], K=3)
+    assert np.allclose(agg.weighted_majority_vote(ann), [[0, 2 / 3, 1 / 3], [1, 0, 0]])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 400))
+def test_posterior_finite_and_normalised_even_with_many_labels(seed, labels_per_item):
+    rng = np.random.default_rng(seed)
+    K, n = 4, 3
+    m = labels_per_item
+    items = np.repeat(np.arange(n), labels_per_item)
+    workers = np.tile(np.arange(m), n)
+    ann = agg.Annotations(items, workers, rng.integers(0, K, len(items)), n, m, K)
+    confusions = rng.dirichlet(np.full(K, 0.1), size=(m, K)) + 1e-300
+    post = agg.posterior(ann, confusions / confusions.sum(axis=2, keepdims=True), rng.dirichlet(np.ones(K)))
+    assert np.all(np.isfinite(post)) and np.allclose(post.sum(axis=1), 1.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_results_invariant_to_permuting_items_workers_and_classes(seed):
+    rng = np.random.default_rng(seed)
+    _, _, ann = random_annotations(rng, n=25, m=5, K=3, r=2)
+    base = agg.dawid_skene(ann, max_iter=30)
+    pi_items, pi_workers, pi_classes = rng.permutation(ann.n), rng.permutation(ann.m), rng.permutation(ann.K)
+    permuted = agg.Annotations(pi_items[ann.items], pi_workers[ann.workers], pi_classes[ann.labels],
+                               ann.n, ann.m, ann.K)
+    order = rng.permutation(len(ann.items))  # the order of the label rows must not matter either
+    permuted = agg.Annotations(permuted.items[order], permuted.workers[order], permuted.labels[order],
+                               ann.n, ann.m, ann.K)
+    result = agg.dawid_skene(permuted, max_iter=30)
+    expected = np.empty_like(base.posterior)
+    expected[np.ix_(pi_items, pi_classes)] = base.posterior
+    assert np.allclose(result.posterior, expected, atol=1e-8)
+    expected_conf = np.empty_like(base.confusions)
+    expected_conf[np.ix_(pi_workers, pi_classes, pi_classes)] = base.confusions
+    assert np.allclose(result.confusions, expected_conf, atol=1e-8)
+
+
+def test_worker_accuracy():
+    conf = np.stack([np.eye(3), np.full((3, 3), 1 / 3)])
+    assert np.allclose(agg.worker_accuracy(conf), [1.0, 1 / 3])
+
+
+def real_accuracy(name):
+    ann, item_names, _, classes = agg.read_answers(shared_path("crowd", name, "answers.csv"))
+    with open(shared_path("crowd", name, "truth.csv")) as f:
+        truth = {row["item"]: row["label"] for row in csv.DictReader(f)}
+    predicted = agg.dawid_skene(ann).posterior.argmax(axis=1)
+    index = {item: i for i, item in enumerate(item_names)}
+    return np.mean([classes[predicted[index[item]]] == label for item, label in truth.items()])
+
+
+def test_dawid_skene_on_real_dog_labels():
+    assert real_accuracy("dog") >= 0.8426  # crowd-kit 1.4.2 DawidSkene on the same file
+
+
+def test_dawid_skene_on_real_face_labels():
+    assert real_accuracy("face") >= 0.6404
+
+
+def test_incidence_counts_every_label():
+    rng = np.random.default_rng(5)
+    _, _, ann = random_annotations(rng)
+    dense = np.zeros((ann.n, ann.m * ann.K))
+    for i, a, l in zip(ann.items, ann.workers, ann.labels, strict=True):
+        dense[i, a * ann.K + l] += 1
+    assert np.array_equal(ann.incidence.toarray(), dense)
+    assert list(itertools.islice(agg.label_counts(ann).sum(axis=1), 3)) == [3.0, 3.0, 3.0]

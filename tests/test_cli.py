@@ -1,0 +1,126 @@
+"""The aggregation command line: a round trip with string names, and every bad input."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import aggregation
+import noise_sim
+from conftest import ROOT
+
+SCRIPT = os.path.join(ROOT, "aggregation.py")
+
+
+def run(*args):
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True)
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def answers(tmp_path):
+    """Simulated labels with string items, workers and class names, plus the truth."""
+    rng = np.random.default_rng(0)
+    classes = ["cat", "dog", "fox, red"]  # a class name that needs CSV quoting
+    conf = noise_sim.class_wise_hammer_spammer(12, 3, 0.5, rng)
+    truth = rng.integers(0, 3, 300)
+    items, workers, labels = noise_sim.simulate_labels(truth, conf, 5, rng)
+    path = tmp_path / "answers.csv"
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["task", "worker", "answer"])  # aliases
+        out.writerows((f"img-{i:04d}", f"w{w}", classes[l]) for i, w, l in zip(items, workers, labels, strict=True))
+    return path, {f"img-{i:04d}": classes[t] for i, t in enumerate(truth)}
+
+
+@pytest.mark.parametrize("method", ["mv", "wmv", "ds"])
+def test_round_trip_with_string_names(answers, tmp_path, method):
+    path, truth = answers
+    out, conf_out = tmp_path / "post.csv", tmp_path / "conf.csv"
+    result = run(path, "--method", method, "--out", out, "--confusions-out", conf_out)
+    assert result.returncode == 0, result.stderr
+    assert "items 300 workers 12 labels 1500 classes 3" in result.stderr
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["item", "label", "p_cat", "p_dog", "p_fox, red"]
+    assert len(rows) == 300
+    probs = np.array([[float(r[c]) for c in ("p_cat", "p_dog", "p_fox, red")] for r in rows])
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    accuracy = np.mean([truth[r["item"]] == r["label"] for r in rows])
+    assert accuracy > 0.7
+    with open(conf_out, newline="") as f:
+        conf_rows = list(csv.DictReader(f))
+    assert len(conf_rows) == 12 * 3 * 3
+
+
+def test_stdout_when_no_out(answers):
+    path, _ = answers
+    result = run(path, "--method", "wmv")
+    assert result.returncode == 0
+    assert result.stdout.startswith("item,label,p_cat,p_dog,")
+    assert len(result.stdout.strip().splitlines()) == 301
+
+
+def test_cli_matches_library(answers, tmp_path):
+    path, _ = answers
+    out = tmp_path / "post.csv"
+    assert run(path, "--out", out).returncode == 0
+    ann, *_ = aggregation.read_answers(str(path))
+    expected = aggregation.dawid_skene(ann).posterior
+    with open(out, newline="") as f:
+        got = np.array([row[2:] for row in list(csv.reader(f))[1:]], dtype=float)
+    assert np.allclose(got, expected, atol=1e-6)
+
+
+BAD = {
+    "empty": ("", "empty file"),
+    "header only": ("item,worker,label\n", "no labels"),
+    "missing column": ("item,worker\n1,a\n", "no column named label or answer"),
+    "blank field": ("item,worker,label\n1,a,x\n2,,y\n", ":3: blank or NaN worker"),
+    "nan label": ("item,worker,label\n1,a,x\n2,b,NaN\n", ":3: blank or NaN label"),
+    "duplicate pair": ("item,worker,label\n1,a,x\n2,a,y\n1,a,y\n", ":4: duplicate (item, worker) row: 1, a"),
+    "single class": ("item,worker,label\n1,a,x\n2,a,x\n", "at least two classes"),
+    "ragged row": ("item,worker,label\n1,a,x\n2,b,y,z,w\n", "cannot read as CSV"),
+    "binary": ("\x00\x01\x02\xff\xfe", "cannot read"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, case):
+    text, message = BAD[case]
+    path = tmp_path / "answers.csv"
+    if case == "binary":
+        path.write_bytes(text.encode("latin-1"))
+    else:
+        write(path, text)
+    out = tmp_path / "out.csv"
+    result = run(path, "--out", out)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not out.exists()
+    assert os.listdir(tmp_path) == ["answers.csv"]  # no temporary file left behind
+
+
+def test_unreadable_path(tmp_path):
+    result = run(tmp_path / "missing.csv")
+    assert result.returncode == 2 and "cannot read" in result.stderr
+
+
+def test_whitespace_around_names_is_ignored(tmp_path):
+    path = write(tmp_path / "a.csv", "item,worker,label\n1, a,x\n1,b ,y\n2,a, x\n2,b,y\n")
+    ann, items, workers, classes = aggregation.read_answers(str(path))
+    assert workers == ["a", "b"] and classes == ["x", "y"] and ann.K == 2
+
+
+def test_numeric_classes_sort_numerically(tmp_path):
+    path = write(tmp_path / "a.csv", "item,worker,label\n1,a,10\n1,b,9\n2,a,2\n")
+    _, _, _, classes = aggregation.read_answers(str(path))
+    assert classes == ["2", "9", "10"]
