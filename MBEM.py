@@ -1,0 +1,451 @@
+"""The paper's fixed-budget experiment end to end: simulate workers, label the items at each
+redundancy, aggregate (MV, WMV, label-only EM, MBEM, oracle, clean labels), train the ResNet on
+each aggregate, test it, and write results.json, results.csv and error_vs_redundancy.png.
+
+    python MBEM.py                        # the `paper` preset: the release's protocol on CIFAR-10
+    python MBEM.py --preset cpu --dataset folder --source ../shared/data/cifar10-jpeg.tar.gz
+    python MBEM.py --preset demo          # offline, scikit-learn digits, a few minutes
+    python MBEM.py --help
+
+Data flow per (seed, redundancy r, n items): true labels of the first n items of a seeded
+shuffle -> noise_sim labels -> aggregation targets -> resnet.train -> test error -> a cell.
+"""
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import numpy as np
+
+import aggregation as agg
+import dataset as data
+import noise_sim
+
+ALGORITHMS = ("mv", "wmv", "em", "mbem", "oracle", "clean")
+
+
+@dataclass
+class Config:
+    dataset: str = "cifar10"
+    source: str = None  # the class-folder tree or .tar.gz for --dataset folder
+    data_dir: str = None
+    gpus: str = None
+    workers: int = 100
+    gamma: float = 0.2
+    worker_model: str = "hammer-spammer"
+    budget: int = None  # with `redundancy`: n = budget // r for each r
+    redundancy: list = None
+    plan: list = field(default_factory=lambda: [list(p) for p in noise_sim.RELEASE_PLAN])
+    algorithms: list = field(default_factory=lambda: ["mv", "wmv", "mbem"])
+    rounds: int = 1
+    two_stage: bool = True
+    class_prior: bool = False
+    depth: int = 20
+    epochs: int = 60
+    batch_size: int = 500
+    lr: float = None  # None: 0.5 at batch 500, linear in the batch size
+    augment_pad: int = 4
+    select_epoch: str = "test"
+    val_size: int = 5000
+    seeds: list = field(default_factory=lambda: [0])
+    out: str = "results/paper"
+
+    def resolved_plan(self):
+        if self.redundancy:
+            return [list(p) for p in noise_sim.fixed_budget_plan(self.budget, self.redundancy)]
+        return [list(p) for p in self.plan]
+
+
+PRESETS = {
+    # The release's protocol exactly (../shared/PAPER.md), epoch chosen on the test set as released.
+    "paper": Config(),
+    # The same protocol scaled to this 2-core CPU: see README "Reproducing the paper".
+    "cpu": Config(budget=10000, redundancy=[1, 3, 5], plan=None, algorithms=["mv", "wmv", "em", "mbem"],
+                  two_stage=False, depth=8, epochs=12, batch_size=128, select_epoch="last", seeds=[0, 1, 2],
+                  out="results/cpu"),
+    # Every algorithm, tiny: for tests and CI.
+    "smoke": Config(dataset="digits", workers=20, budget=600, redundancy=[1, 3], plan=None,
+                    algorithms=list(ALGORITHMS), depth=8, epochs=2, batch_size=100, augment_pad=1,
+                    select_epoch="val", val_size=200, out="results/smoke"),
+    # Offline on scikit-learn's digits.
+    "demo": Config(dataset="digits", workers=20, gamma=0.3, budget=1000, redundancy=[1, 2, 4], plan=None,
+                   algorithms=["mv", "wmv", "em", "mbem", "clean"], depth=8, epochs=15, batch_size=100,
+                   augment_pad=1, select_epoch="val", val_size=250, out="results/demo"),
+}
+
+# Settings that do not change any result: a resumed run may differ in these.
+NOT_RESULTS = ("gpus", "out", "data_dir")
+
+
+# ----------------------------------------------------------------------------- command line
+
+def csv_list(kind):
+    def parse(text):
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
+
+
+def parse_plan(text):
+    try:
+        plan = [[int(v) for v in pair.split(":")] for pair in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--plan takes r:n pairs like 1:50000,3:17000, not {text!r}") from None
+    if any(len(p) != 2 or p[0] < 1 or p[1] < 1 for p in plan):
+        raise argparse.ArgumentTypeError(f"--plan takes positive r:n pairs, not {text!r}")
+    return plan
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--preset", choices=sorted(PRESETS), default="paper", help="base settings; the flags below override them")
+    a("--dataset", choices=["cifar10", "folder", "digits"], help="cifar10 (downloaded), folder (--source), digits")
+    a("--source", help="class-folder tree or .tar.gz of one (train/<class>/*, test/<class>/*)")
+    a("--data-dir", help="download and cache folder (default $MBEM_DATA or data/)")
+    a("--gpus", help="GPU ids, e.g. 0 or 0,1 (data-parallel); default the CPU")
+    a("--workers", type=int, help="number of simulated workers m")
+    a("--gamma", type=float, help="probability that a worker (or a row, class-wise) is a hammer")
+    a("--worker-model", choices=sorted(noise_sim.WORKER_MODELS), help="simulated worker distribution")
+    a("--budget", type=int, help="total labels; with --redundancy, n = budget // r items")
+    a("--redundancy", type=csv_list(int), help="redundancies for the fixed-budget sweep, e.g. 1,3,5")
+    a("--plan", type=parse_plan, help="explicit (r, n) pairs, e.g. 13:4000,1:50000 (the release's by default)")
+    a("--algorithms", type=csv_list(str), help=f"comma-separated, from {','.join(ALGORITHMS)}")
+    a("--rounds", type=int, help="MBEM rounds T (the release: 1)")
+    a("--two-stage", action=argparse.BooleanOptionalAction, default=None,
+      help="retrain from scratch on the first model's hard predictions (the release does)")
+    a("--class-prior", action=argparse.BooleanOptionalAction, default=None,
+      help="use the class prior q in MBEM's E-step (the paper's Algorithm 1; the release has none)")
+    a("--depth", type=int, help=f"ResNet depth 6n + 2, one of {','.join(map(str, data_depths()))}")
+    a("--epochs", type=int, help="training epochs (learning rate x0.1 after 2/3 and 5/6 of them)")
+    a("--batch-size", type=int, help="batch size (learning rate scales linearly from 0.5 at 500)")
+    a("--lr", type=float, help="learning rate (default 0.5 * batch / 500)")
+    a("--select-epoch", choices=["last", "val", "test"],
+      help="which epoch's model is tested: last, best on a validation split, or best on test (the release; optimistic)")
+    a("--val-size", type=int, help="validation images held out of the training pool for --select-epoch val")
+    a("--seeds", type=csv_list(int), help="comma-separated seeds, one full sweep each")
+    a("--out", help="output folder (default results/<preset>)")
+    a("--plot-only", action="store_true", help="redraw the figure and CSV from --out/results.json and exit")
+    args = p.parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name, None) is not None}
+    if args.plan is not None and args.redundancy is None:
+        overrides["redundancy"] = None
+    config = replace(PRESETS[args.preset], **overrides)
+    if args.out is None and args.preset != "paper":
+        config.out = PRESETS[args.preset].out
+    return p, args, config
+
+
+def data_depths():
+    import resnet
+
+    return resnet.DEPTHS
+
+
+def check(parser, config):
+    """Reject settings that cannot run, with one clear line (argparse exits with status 2)."""
+    unknown = sorted(set(config.algorithms) - set(ALGORITHMS))
+    if unknown:
+        parser.error(f"unknown algorithms {','.join(unknown)}: choose from {','.join(ALGORITHMS)}")
+    if config.redundancy and not config.budget:
+        parser.error("--redundancy needs --budget")
+    if config.dataset == "folder" and not config.source:
+        parser.error("--dataset folder needs --source PATH (a class-folder tree or a .tar.gz of one)")
+    if (config.depth - 2) % 6 or config.depth < 8:
+        parser.error(f"--depth must be 6n + 2 (8, 14, 20, ...), not {config.depth}")
+    for name in ("workers", "epochs", "batch_size", "rounds"):
+        if getattr(config, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= config.gamma <= 1:
+        parser.error("--gamma must lie in [0, 1]")
+    if max(r for r, _ in config.resolved_plan()) > config.workers:
+        parser.error("a redundancy exceeds the number of workers: each item needs distinct workers")
+    try:
+        import resnet
+
+        resnet.parse_gpus(config.gpus)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+# ----------------------------------------------------------------------------- one cell
+
+def load(config):
+    if config.dataset == "digits":
+        return data.load_digits()
+    if config.dataset == "folder":
+        return data.load_folder(config.source, config.data_dir)
+    try:
+        return data.load_cifar10(config.data_dir)
+    except OSError as err:
+        raise SystemExit(f"error: cannot get CIFAR-10 ({err}). Offline? Use --dataset folder --source "
+                         "PATH with a class-folder copy, e.g. ../shared/data/cifar10-jpeg.tar.gz") from err
+
+
+def top_k_error(probs, labels, k):
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return float(1.0 - (top == labels[:, None]).any(axis=1).mean())
+
+
+class Experiment:
+    """Everything one run shares: the data, the split, the simulated workers, finished cells."""
+
+    def __init__(self, config, ds):
+        self.config, self.ds = config, ds
+        self.K = len(ds.classes)
+        N = len(ds.train_images)
+        self.contexts = None
+        # A seeded shuffle: class-folder trees are sorted by class, so "the first n" needs one.
+        order = np.random.default_rng(12345).permutation(N)
+        self.val_index = order[N - config.val_size:] if config.select_epoch == "val" else None
+        self.pool = order[:N - config.val_size] if config.select_epoch == "val" else order
+        too_big = [n for _, n in config.resolved_plan() if n > len(self.pool)]
+        if too_big:
+            raise SystemExit(f"error: the plan asks for {max(too_big)} items but only {len(self.pool)} training "
+                             f"images are available{' after the validation split' if self.val_index is not None else ''}")
+        self.trained = {}  # targets digest -> (probs on train items, test probs, history): reuse identical targets
+
+    def fit(self, targets, items, seed, tag):
+        """Train on soft targets (twice when two-stage). Returns (train probs, test probs, history)."""
+        import resnet
+
+        key = (hashlib.sha1(np.ascontiguousarray(targets).tobytes()).hexdigest(), seed, tuple(items[:5]), len(items))
+        if key in self.trained:
+            return self.trained[key]
+        c, ds = self.config, self.ds
+        images = ds.train_images[items]
+        val = (ds.train_images[self.val_index], ds.train_labels[self.val_index]) if self.val_index is not None else None
+        test = (ds.test_images, ds.test_labels)
+        contexts = resnet.parse_gpus(c.gpus)
+        history = []
+        for stage in range(2 if c.two_stage else 1):
+            net, h = resnet.train(images, targets, self.K, depth=c.depth, epochs=c.epochs, batch_size=c.batch_size,
+                                  lr=c.lr, gpus=c.gpus, seed=seed + stage, select_epoch=c.select_epoch,
+                                  val=val, test=test if c.select_epoch == "test" else None,
+                                  pad=c.augment_pad, desc=f"{tag} stage {stage + 1}")
+            history += h
+            train_probs = resnet.predict_proba(net, images, contexts)
+            targets = agg.one_hot(train_probs.argmax(axis=1), self.K)  # the second stage's targets
+        result = (train_probs, resnet.predict_proba(net, ds.test_images, contexts), history)
+        self.trained[key] = result
+        return result
+
+    def cell(self, seed, r, n, algorithm, workers, cache):
+        """Run one (seed, r, n, algorithm) cell and return its record."""
+        c, ds, K = self.config, self.ds, self.K
+        start = time.perf_counter()
+        label_rng = np.random.default_rng([seed, r, n])  # the same labels for every algorithm of a cell
+        items = self.pool[:n]
+        truth = ds.train_labels[items]
+        ann = agg.Annotations(*noise_sim.simulate_labels(truth, workers, r, label_rng), n, c.workers, K)
+        rng = np.random.default_rng([seed, r, n, ALGORITHMS.index(algorithm)])
+        confusions = None
+        if algorithm == "mv":
+            targets = agg.one_hot(agg.majority_vote(ann, rng), K)
+        elif algorithm == "wmv":
+            targets = agg.weighted_majority_vote(ann)
+        elif algorithm == "em":
+            result = agg.dawid_skene(ann)
+            targets, confusions = result.posterior, result.confusions
+        elif algorithm == "oracle":  # the true confusions, zeros lifted to 1e-10 as the release smooths
+            confusions = np.maximum(workers, agg.RELEASE_ZERO)
+            targets = agg.posterior(ann, confusions / confusions.sum(axis=2, keepdims=True))
+        elif algorithm == "clean":
+            targets = agg.one_hot(truth, K)
+        if algorithm != "mbem":
+            train_probs, test_probs, history = self.fit(targets, items, seed, f"seed {seed} r {r} {algorithm}")
+            if algorithm in ("mv", "wmv"):
+                confusions = agg.estimate_confusions(ann, targets)
+        else:
+            # The release bootstraps MBEM from the (final) WMV model's predictions on the training items.
+            train_probs = cache.get("wmv")
+            if train_probs is None:
+                train_probs = self.fit(agg.weighted_majority_vote(ann), items, seed, f"seed {seed} r {r} wmv")[0]
+            for t in range(c.rounds):
+                targets, confusions, _ = agg.mbem_step(ann, train_probs, class_prior=c.class_prior)
+                train_probs, test_probs, history = self.fit(targets, items, seed,
+                                                            f"seed {seed} r {r} mbem round {t + 1}")
+        cache[algorithm] = train_probs
+        record = {"redundancy": r, "n": n, "algorithm": algorithm, "seed": seed,
+                  "test_error": top_k_error(test_probs, ds.test_labels, 1),
+                  "val_error": (1 - max(h["val_acc"] for h in history)) if "val_acc" in history[0] else None,
+                  "label_accuracy": float((targets.argmax(axis=1) == truth).mean()),
+                  "worker_accuracy_mae": worker_mae(ann, confusions, workers),
+                  "epochs": len(history), "wall_seconds": time.perf_counter() - start,
+                  "train_img_per_s": float(np.mean([h["img_per_s"] for h in history]))}
+        if K > 10:
+            record["test_error_top5"] = top_k_error(test_probs, ds.test_labels, 5)
+        return record
+
+
+def worker_mae(ann, confusions, true_confusions):
+    """Mean |estimated - true| per-worker accuracy over the workers who gave at least one label."""
+    if confusions is None:
+        return None
+    active = np.bincount(ann.workers, minlength=ann.m) > 0
+    error = np.abs(agg.worker_accuracy(confusions) - agg.worker_accuracy(true_confusions))
+    return float(error[active].mean())
+
+
+# ----------------------------------------------------------------------------- results on disk
+
+def environment():
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except OSError:
+        commit = None
+    versions = {}
+    for name in ("mxnet", "numpy", "scipy"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    return commit, versions
+
+
+def write_json(path, obj):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def comparable(config):
+    return {k: v for k, v in asdict(config).items() if k not in NOT_RESULTS}
+
+
+def load_results(config):
+    """The results so far under config.out; a different config there is an error, not a mix."""
+    path = os.path.join(config.out, "results.json")
+    if not os.path.exists(path):
+        return {"config": asdict(config), "cells": [], "wall_seconds": 0.0}
+    with open(path) as f:
+        results = json.load(f)
+    saved = {k: v for k, v in results["config"].items() if k not in NOT_RESULTS}
+    if saved != comparable(config):
+        changed = sorted(k for k in saved.keys() | comparable(config).keys()
+                         if saved.get(k) != comparable(config).get(k))
+        raise SystemExit(f"error: {path} was made with a different config ({', '.join(changed)} differ); "
+                         "use another --out or remove it")
+    return results
+
+
+CSV_COLUMNS = ["redundancy", "n", "algorithm", "seed", "test_error", "test_error_top5", "val_error",
+               "label_accuracy", "worker_accuracy_mae", "epochs", "wall_seconds", "train_img_per_s"]
+
+
+def write_table(results, out):
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp-")
+    with os.fdopen(fd, "w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(results["cells"])
+    os.replace(tmp, os.path.join(out, "results.csv"))
+
+
+def summarise(cells):
+    """{algorithm: {redundancy: [test errors over seeds]}}"""
+    table = {}
+    for cell in cells:
+        table.setdefault(cell["algorithm"], {}).setdefault(cell["redundancy"], []).append(cell["test_error"])
+    return table
+
+
+def plot(results, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {"mv": "majority vote", "wmv": "weighted MV", "em": "label-only EM", "mbem": "MBEM",
+             "oracle": "oracle confusions", "clean": "clean labels"}
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for algorithm, by_r in summarise(results["cells"]).items():
+        rs = sorted(by_r)
+        mean = np.array([np.mean(by_r[r]) for r in rs])
+        spread = np.array([np.std(by_r[r]) for r in rs])
+        ax.errorbar(rs, mean, yerr=spread, marker="o", capsize=3, label=names.get(algorithm, algorithm))
+    c = results["config"]
+    ax.set_xlabel("redundancy r (labels per item)")
+    ax.set_ylabel("test error (top-1)")
+    ax.set_title(f"{c['dataset']}, fixed budget, {c['workers']} workers, gamma {c['gamma']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "error_vs_redundancy.png"), dpi=120)
+    plt.close(fig)
+
+
+def print_table(results):
+    table = summarise(results["cells"])
+    rs = sorted({r for by_r in table.values() for r in by_r})
+    print("test error (mean over seeds)  " + "".join(f"r={r:<7}" for r in rs))
+    for algorithm, by_r in table.items():
+        print(f"{algorithm:<30}" + "".join(f"{np.mean(by_r[r]):<9.3f}" if r in by_r else " " * 9 for r in rs))
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    parser, args, config = parse_args(argv)
+    if args.plot_only:
+        path = os.path.join(config.out, "results.json")
+        if not os.path.exists(path):
+            parser.error(f"--plot-only: no {path}")
+        with open(path) as f:
+            results = json.load(f)
+        write_table(results, config.out)
+        plot(results, config.out)
+        print_table(results)
+        return 0
+    check(parser, config)
+    os.makedirs(config.out, exist_ok=True)
+    results = load_results(config)
+    done = {(c["seed"], c["redundancy"], c["n"], c["algorithm"]) for c in results["cells"]}
+    results["commit"], results["versions"] = environment()
+    ds = load(config)
+    experiment = Experiment(config, ds)
+    todo = [(s, r, n, a) for s in config.seeds for r, n in config.resolved_plan() for a in order(config.algorithms)]
+    print(f"{len(todo) - len(done & set(todo))} of {len(todo)} cells to run; results in {config.out}", flush=True)
+    for seed in config.seeds:
+        workers = noise_sim.simulate_workers(config.workers, len(ds.classes), config.gamma,
+                                             np.random.default_rng(seed), config.worker_model)
+        for r, n in config.resolved_plan():
+            cache = {}
+            for algorithm in order(config.algorithms):
+                if (seed, r, n, algorithm) in done:
+                    continue
+                start = time.perf_counter()
+                record = experiment.cell(seed, r, n, algorithm, workers, cache)
+                results["cells"].append(record)
+                results["wall_seconds"] += time.perf_counter() - start
+                write_json(os.path.join(config.out, "results.json"), results)  # each cell lands at once
+                print(f"seed {seed} r {r} n {n} {algorithm}: test error {record['test_error']:.4f} "
+                      f"label accuracy {record['label_accuracy']:.3f} ({record['wall_seconds']:.0f} s)", flush=True)
+    write_table(results, config.out)
+    plot(results, config.out)
+    print_table(results)
+    return 0
+
+
+def order(algorithms):
+    """WMV before MBEM, which bootstraps from the WMV model; otherwise as given."""
+    return sorted(algorithms, key=lambda a: (a == "mbem", algorithms.index(a)))
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)

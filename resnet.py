@@ -1,0 +1,237 @@
+"""The release's pre-activation ResNet in MXNet Gluon, and its training on soft targets.
+
+Network (He et al. 2016, "Identity Mappings"; depth 6n + 2): BatchNorm on the raw input
+instead of mean/std normalisation, a 3x3 convolution to 16 channels, three stages of n basic
+units with 16/32/64 filters (stride 2 at the second and third), a 1x1 projection shortcut at
+the first unit of every stage, then BN-ReLU, global average pool, dense, log-softmax.
+
+Loss on a soft target q (the posterior of the true class): -sum_k q_k log p_k, batch mean.
+
+Training as released: Nesterov momentum 0.9, learning rate 0.5 at batch 500 (linear in the
+batch size), weight decay 1e-4, x0.1 after 2/3 and 5/6 of the epochs, Xavier init (gaussian,
+fan-in, magnitude 2). Speed choices, none of which changes the algorithm:
+- the loss lives inside the hybridized graph, so one cached graph runs forward and loss;
+- static_alloc/static_shape: memory is planned once, not per batch (the last short batch
+  of an epoch is dropped, the released iterator's behaviour, so every batch has one shape);
+- a background thread augments the next batch while the current one trains;
+- batches are copied into two preallocated device buffers rather than new NDArrays;
+- loss and accuracy accumulate on the device and are read once per epoch (each read blocks).
+"""
+
+import os
+import queue
+import threading
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # one OpenMP thread per core
+os.environ.setdefault("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")
+
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from mxnet import autograd, gluon  # noqa: E402
+from mxnet.gluon import nn  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+DEPTHS = (8, 14, 20, 32, 44, 56, 110)
+BN = {"epsilon": 2e-5, "momentum": 0.9}  # the release's BatchNorm settings
+
+
+def parse_gpus(gpus):
+    """None or '' -> [cpu]; '0' or '0,1' -> those GPUs. Raises ValueError on anything else."""
+    if gpus is None or str(gpus).strip() == "":
+        return [mx.cpu()]
+    try:
+        ids = [int(g) for g in str(gpus).split(",")]
+    except ValueError:
+        raise ValueError(f"--gpus takes comma-separated GPU ids like 0 or 0,1, not {gpus!r}") from None
+    if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise ValueError(f"--gpus ids must be distinct and non-negative, not {gpus!r}")
+    return [mx.gpu(i) for i in ids]
+
+
+class Unit(nn.HybridBlock):
+    """Pre-activation basic unit: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the shortcut. The
+    projection (1x1, strided) reads the pre-activated input, as the release does."""
+
+    def __init__(self, channels, stride, project):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm(**BN), nn.BatchNorm(**BN)
+        self.conv1 = nn.Conv2D(channels, 3, stride, 1, use_bias=False)
+        self.conv2 = nn.Conv2D(channels, 3, 1, 1, use_bias=False)
+        self.project = nn.Conv2D(channels, 1, stride, use_bias=False) if project else None
+
+    def hybrid_forward(self, F, x):
+        act = F.Activation(self.bn1(x), act_type="relu")
+        shortcut = self.project(act) if self.project is not None else x
+        out = self.conv1(act)
+        out = self.conv2(F.Activation(self.bn2(out), act_type="relu"))
+        return out + shortcut
+
+
+class ResNet(nn.HybridBlock):
+    """Pre-activation ResNet of depth 6n + 2 returning log-probabilities (batch x classes)."""
+
+    def __init__(self, depth, classes, filters=(16, 32, 64)):
+        super().__init__()
+        if depth not in DEPTHS and (depth - 2) % 6:
+            raise ValueError(f"depth must be 6n + 2 (one of {DEPTHS}), not {depth}")
+        units = (depth - 2) // 6
+        self.features = nn.HybridSequential()
+        self.features.add(nn.BatchNorm(scale=False, center=False, **BN))  # BN on the raw input
+        self.features.add(nn.Conv2D(filters[0], 3, 1, 1, use_bias=False))
+        for stage, channels in enumerate(filters):
+            for unit in range(units):
+                self.features.add(Unit(channels, 2 if stage and not unit else 1, project=unit == 0))
+        self.features.add(nn.BatchNorm(**BN), nn.Activation("relu"), nn.GlobalAvgPool2D(), nn.Flatten())
+        self.output = nn.Dense(classes)
+
+    def hybrid_forward(self, F, x):
+        return F.log_softmax(self.output(self.features(x)), axis=-1)
+
+
+class SoftTargetLoss(nn.HybridBlock):
+    """Wraps a network: (images, soft targets) -> per-item loss -sum_k q_k log p_k, and log p."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def hybrid_forward(self, F, x, target):
+        log_probs = self.net(x)
+        return -F.sum(target * log_probs, axis=1), log_probs
+
+
+def soft_cross_entropy(log_probs, target):
+    """Batch mean of -sum_k q_k log p_k (numpy or NDArray)."""
+    return -(target * log_probs).sum(axis=1).mean()
+
+
+def build(depth, classes, contexts, seed):
+    """A fresh ResNet with the release's Xavier init, hybridized with a static memory plan."""
+    mx.random.seed(seed)
+    net = ResNet(depth, classes)
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=contexts)
+    net.hybridize(static_alloc=True, static_shape=True)
+    return net
+
+
+def augment(images, rng, pad=4, fill=127):
+    """The release's augmentation, vectorised: pad by `pad` pixels with `fill`, take a random crop
+    of the original size at one random offset per image, mirror half of the images.
+    images: uint8 (N, C, H, W) -> uint8 (N, C, H, W)."""
+    N, C, H, W = images.shape
+    padded = np.full((N, C, H + 2 * pad, W + 2 * pad), fill, dtype=np.uint8)
+    padded[:, :, pad:pad + H, pad:pad + W] = images
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, N))
+    rows = dy[:, None] + np.arange(H)  # (N, H)
+    cols = dx[:, None] + np.arange(W)  # (N, W)
+    mirror = rng.random(N) < 0.5
+    cols = np.where(mirror[:, None], cols[:, ::-1], cols)
+    return padded[np.arange(N)[:, None, None, None], np.arange(C)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def batches(images, targets, batch_size, rng, train, pad=4):
+    """Yield (images float32, targets float32) batches; shuffled, augmented and only full batches
+    when training. A daemon thread prepares the next batch while the caller uses this one."""
+    n = len(images)
+    order = rng.permutation(n) if train else np.arange(n)
+    stops = range(batch_size, n + 1, batch_size) if train else range(batch_size, n + batch_size, batch_size)
+    ready = queue.Queue(maxsize=2)
+
+    def produce():
+        for stop in stops:
+            idx = order[stop - batch_size:min(stop, n)]
+            x = augment(images[idx], rng, pad) if train and pad else images[idx]
+            ready.put((x.astype(np.float32), targets[idx].astype(np.float32) if targets is not None else None))
+        ready.put(None)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := ready.get()) is not None:
+        yield item
+
+
+def split(array, contexts):
+    """Split a batch over the devices (data parallelism); one device keeps it whole."""
+    if len(contexts) == 1:
+        return [array]
+    return gluon.utils.split_data(array, len(contexts), even_split=False)
+
+
+def predict_proba(net, images, contexts, batch_size=500):
+    """Class probabilities (n, K) for uint8 images, in batches; rows sum to 1."""
+    out = []
+    for x, _ in batches(images, None, batch_size, None, train=False):
+        parts = [net(mx.nd.array(part, ctx=ctx)) for part, ctx in zip(split(x, contexts), contexts, strict=True)]
+        out.extend(np.exp(p.asnumpy().astype(np.float64)) for p in parts)
+    probs = np.concatenate(out)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def accuracy(net, images, labels, contexts, batch_size=500):
+    return float((predict_proba(net, images, contexts, batch_size).argmax(axis=1) == labels).mean())
+
+
+def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
+          select_epoch="last", val=None, test=None, pad=4, progress=True, desc="train"):
+    """Train the release's ResNet on soft targets (n x K rows summing to 1).
+
+    select_epoch: 'last' keeps the final weights; 'val' the epoch with the best accuracy on
+    `val` = (images, labels); 'test' the best on `test` = (images, labels), the release's
+    behaviour, which peeks at test labels and so reports an optimistic figure. `pad` is the
+    augmentation's padding (0: no augmentation).
+    Returns (net, history): history is one dict per epoch with loss, train_acc (against the
+    argmax of the targets), val_acc/test_acc when given, img_per_s, seconds.
+    """
+    contexts = parse_gpus(gpus)
+    batch_size = min(batch_size, len(images))
+    lr = 0.5 * batch_size / 500 if lr is None else lr
+    rng = np.random.default_rng(seed)
+    net = build(depth, classes, contexts, seed)
+    model = SoftTargetLoss(net)
+    model.hybridize(static_alloc=True, static_shape=True)
+    steps = len(images) // batch_size
+    schedule = mx.lr_scheduler.MultiFactorScheduler(
+        step=[max(1, steps * epochs * 2 // 3), max(2, steps * epochs * 5 // 6)], factor=0.1, base_lr=lr)
+    trainer = gluon.Trainer(net.collect_params(), "nag", {
+        "learning_rate": lr, "momentum": 0.9, "wd": 1e-4, "lr_scheduler": schedule})
+    monitor = {"val": val, "test": test}
+    if select_epoch != "last" and monitor.get(select_epoch) is None:
+        raise ValueError(f"select_epoch={select_epoch!r} needs {select_epoch} images and labels")
+    history, best, best_params = [], -1.0, None
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        loss_sum = [mx.nd.zeros(1, ctx=c) for c in contexts]
+        correct = [mx.nd.zeros(1, ctx=c) for c in contexts]
+        bar = tqdm(batches(images, targets, batch_size, rng, train=True, pad=pad), total=steps, disable=not progress,
+                   desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, unit="batch")
+        for x, q in bar:
+            xs = [mx.nd.array(p, ctx=c) for p, c in zip(split(x, contexts), contexts, strict=True)]
+            qs = [mx.nd.array(p, ctx=c) for p, c in zip(split(q, contexts), contexts, strict=True)]
+            with autograd.record():
+                outs = [model(xi, qi) for xi, qi in zip(xs, qs, strict=True)]
+            autograd.backward([loss for loss, _ in outs])
+            trainer.step(batch_size)
+            for i, ((loss, log_probs), qi) in enumerate(zip(outs, qs, strict=True)):
+                loss_sum[i] += loss.sum()
+                correct[i] += (log_probs.argmax(axis=1) == qi.argmax(axis=1)).sum()
+        seen = steps * batch_size
+        record = {"epoch": epoch + 1, "loss": sum(float(s.asscalar()) for s in loss_sum) / seen,
+                  "train_acc": sum(float(c.asscalar()) for c in correct) / seen}
+        seconds = time.perf_counter() - start  # after the reads above, which wait for the last step
+        record.update(img_per_s=seen / seconds, seconds=seconds)
+        for name, data in monitor.items():
+            if data is not None:
+                record[f"{name}_acc"] = accuracy(net, data[0], data[1], contexts)
+        history.append(record)
+        if progress:
+            extra = "".join(f" {k} {record[k]:.3f}" for k in ("val_acc", "test_acc") if k in record)
+            tqdm.write(f"{desc} epoch {epoch + 1}/{epochs} loss {record['loss']:.3f} "
+                       f"train_acc {record['train_acc']:.3f}{extra} {record['img_per_s']:.0f} img/s")
+        if select_epoch != "last" and record[f"{select_epoch}_acc"] > best:
+            best = record[f"{select_epoch}_acc"]
+            best_params = {k: v.data(contexts[0]).copy() for k, v in net.collect_params().items()}
+    if best_params is not None:
+        for k, v in net.collect_params().items():
+            v.set_data(best_params[k])
+    return net, history
