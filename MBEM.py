@@ -210,8 +210,9 @@ class Experiment:
         self.pool = order[:N - config.val_size] if config.select_epoch == "val" else order
         too_big = [n for _, n in config.resolved_plan() if n > len(self.pool)]
         if too_big:
-            raise SystemExit(f"error: the plan asks for {max(too_big)} items but only {len(self.pool)} training "
-                             f"images are available{' after the validation split' if self.val_index is not None else ''}")
+            where = " after the validation split" if self.val_index is not None else ""
+            raise SystemExit(f"error: the plan asks for {max(too_big)} items but only {len(self.pool)} "
+                             f"training images are available{where}")
         self.trained = {}  # targets digest -> (probs on train items, test probs, history): reuse identical targets
 
     def fit(self, targets, items, seed, tag):
