@@ -125,10 +125,11 @@ def parse_args(argv=None):
       help="retrain from scratch on the first model's hard predictions (the release does)")
     a("--class-prior", action=argparse.BooleanOptionalAction, default=None,
       help="use the class prior q in MBEM's E-step (the paper's Algorithm 1; the release has none)")
-    a("--depth", type=int, help=f"ResNet depth 6n + 2, one of {','.join(map(str, data_depths()))}")
+    a("--depth", type=int, help="ResNet depth 6n + 2: 8, 14, 20, 32, 44, 56, 110 (the release: 20)")
     a("--epochs", type=int, help="training epochs (learning rate x0.1 after 2/3 and 5/6 of them)")
     a("--batch-size", type=int, help="batch size (learning rate scales linearly from 0.5 at 500)")
     a("--lr", type=float, help="learning rate (default 0.5 * batch / 500)")
+    a("--augment-pad", type=int, help="augmentation: pad by this many pixels (fill 127), random crop, mirror; 0: off")
     a("--select-epoch", choices=["last", "val", "test"],
       help="which epoch's model is tested: last, best on a validation split, or best on test (the release; optimistic)")
     a("--val-size", type=int, help="validation images held out of the training pool for --select-epoch val")
@@ -143,12 +144,6 @@ def parse_args(argv=None):
     if args.out is None and args.preset != "paper":
         config.out = PRESETS[args.preset].out
     return p, args, config
-
-
-def data_depths():
-    import resnet
-
-    return resnet.DEPTHS
 
 
 def check(parser, config):
@@ -205,9 +200,12 @@ class Experiment:
         N = len(ds.train_images)
         self.contexts = None
         # A seeded shuffle: class-folder trees are sorted by class, so "the first n" needs one.
-        order = np.random.default_rng(12345).permutation(N)
-        self.val_index = order[N - config.val_size:] if config.select_epoch == "val" else None
-        self.pool = order[:N - config.val_size] if config.select_epoch == "val" else order
+        # The items are the first n of one fixed shuffle (the same for every seed and redundancy):
+        # class-folder trees come sorted by class, so CIFAR's own "first n" needs replacing.
+        val_size = config.val_size if config.select_epoch == "val" else 0
+        train_index, val_index = data.validation_split(N, val_size, seed=12345)
+        self.val_index = val_index if val_size else None
+        self.pool = np.random.default_rng(12345).permutation(train_index)
         too_big = [n for _, n in config.resolved_plan() if n > len(self.pool)]
         if too_big:
             where = " after the validation split" if self.val_index is not None else ""

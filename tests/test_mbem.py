@@ -1,0 +1,124 @@
+"""MBEM.py end to end with the smoke preset, resume, refusal of a changed config, bad flags."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import MBEM
+from conftest import CIFAR_JPEG, ROOT
+
+SCRIPT = os.path.join(ROOT, "MBEM.py")
+
+
+def run(*args):
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+
+
+def smoke_args(out):
+    """The smoke preset on the shared CIFAR JPEGs when they are there, else on the digits."""
+    if os.path.exists(CIFAR_JPEG):
+        return ["--preset", "smoke", "--dataset", "folder", "--source", CIFAR_JPEG, "--budget", "2000",
+                "--redundancy", "1,3", "--epochs", "3", "--workers", "50", "--augment-pad", "4", "--no-two-stage",
+                "--out", out]
+    return ["--preset", "smoke", "--out", out]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    result = run(*smoke_args(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_smoke_writes_every_cell_and_the_three_files(smoke_run):
+    out, _ = smoke_run
+    assert {"results.json", "results.csv", "error_vs_redundancy.png"} <= set(os.listdir(out))
+    results = json.loads((out / "results.json").read_text())
+    config = results["config"]
+    plan = MBEM.Config(**config).resolved_plan()
+    expected = {(s, r, n, a) for s in config["seeds"] for r, n in plan for a in MBEM.ALGORITHMS}
+    assert {(c["seed"], c["redundancy"], c["n"], c["algorithm"]) for c in results["cells"]} == expected
+    for cell in results["cells"]:
+        assert 0 <= cell["test_error"] <= 1 and 0 <= cell["label_accuracy"] <= 1
+        assert cell["epochs"] >= 1 and cell["train_img_per_s"] > 0
+    assert results["versions"]["mxnet"] == "1.9.1" and results["wall_seconds"] > 0
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(expected)
+    png = (out / "error_vs_redundancy.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_smoke_results_make_sense(smoke_run):
+    out, _ = smoke_run
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    error = {(c["redundancy"], c["algorithm"]): c["test_error"] for c in cells}
+    label_accuracy = {(c["redundancy"], c["algorithm"]): c["label_accuracy"] for c in cells}
+    mae = {(c["redundancy"], c["algorithm"]): c["worker_accuracy_mae"] for c in cells}
+    for r in (1, 3):
+        assert error[r, "clean"] <= error[r, "mv"]  # clean labels do not lose to majority vote
+        assert label_accuracy[r, "clean"] == 1.0
+        assert label_accuracy[r, "oracle"] >= label_accuracy[r, "mv"]
+        assert mae[r, "oracle"] == 0.0
+    assert error[1, "mv"] == error[1, "wmv"]  # r = 1: the same targets, so the same (reused) model
+
+
+def test_rerun_skips_finished_cells(smoke_run):
+    out, _ = smoke_run
+    before = (out / "results.json").read_text()
+    result = run(*smoke_args(out))
+    assert result.returncode == 0
+    assert "0 of" in result.stdout.splitlines()[0]
+    assert json.loads((out / "results.json").read_text())["cells"] == json.loads(before)["cells"]
+
+
+def test_plot_only_redraws(smoke_run):
+    out, _ = smoke_run
+    os.remove(out / "error_vs_redundancy.png")
+    result = run("--plot-only", "--out", out)
+    assert result.returncode == 0 and (out / "error_vs_redundancy.png").exists()
+
+
+def test_changed_config_on_the_same_out_is_refused(smoke_run):
+    out, _ = smoke_run
+    result = run(*smoke_args(out), "--gamma", "0.5")
+    assert result.returncode != 0
+    assert "different config" in result.stderr and "gamma" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--depth", "9"], "6n + 2"),
+    (["--algorithms", "mv,magic"], "unknown algorithms magic"),
+    (["--gpus", "zero"], "comma-separated GPU ids"),
+    (["--plan", "1-5"], "r:n pairs"),
+    (["--dataset", "folder"], "needs --source"),
+    (["--redundancy", "1,200"], "exceeds the number of workers"),
+    (["--gamma", "2"], "[0, 1]"),
+    (["--seeds", "x"], "comma-separated ints"),
+])
+def test_bad_flags_give_one_clear_error(tmp_path, flags, message):
+    result = run("--preset", "smoke", "--out", tmp_path / "x", *flags)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_presets_and_plan_parsing():
+    _, _, config = MBEM.parse_args([])
+    assert config.resolved_plan() == [list(p) for p in MBEM.noise_sim.RELEASE_PLAN]
+    assert config.two_stage and not config.class_prior and config.rounds == 1 and config.epochs == 60
+    _, _, config = MBEM.parse_args(["--preset", "cpu", "--redundancy", "1,2", "--budget", "100", "--no-two-stage"])
+    assert config.resolved_plan() == [[1, 100], [2, 50]] and not config.two_stage
+    _, _, config = MBEM.parse_args(["--plan", "2:10,1:20"])
+    assert config.resolved_plan() == [[2, 10], [1, 20]]
+
+
+def test_top_k_error():
+    probs = np.array([[0.1, 0.5, 0.4], [0.6, 0.3, 0.1]])
+    assert MBEM.top_k_error(probs, np.array([2, 0]), 1) == 0.5
+    assert MBEM.top_k_error(probs, np.array([2, 0]), 2) == 0.0
