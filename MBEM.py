@@ -31,6 +31,10 @@ import noise_sim
 ALGORITHMS = ("mv", "wmv", "em", "mbem", "oracle", "clean")
 
 
+class RunError(Exception):
+    """A problem with the user's data or output folder: one line on stderr, exit status 2."""
+
+
 @dataclass
 class Config:
     dataset: str = "cifar10"
@@ -178,11 +182,14 @@ def load(config):
     if config.dataset == "digits":
         return data.load_digits()
     if config.dataset == "folder":
-        return data.load_folder(config.source, config.data_dir)
+        try:
+            return data.load_folder(config.source, config.data_dir)
+        except (OSError, ValueError) as err:
+            raise RunError(str(err)) from err
     try:
         return data.load_cifar10(config.data_dir)
     except OSError as err:
-        raise SystemExit(f"error: cannot get CIFAR-10 ({err}). Offline? Use --dataset folder --source "
+        raise RunError(f"cannot get CIFAR-10 ({err}). Offline? Use --dataset folder --source "
                          "PATH with a class-folder copy, e.g. ../shared/data/cifar10-jpeg.tar.gz") from err
 
 
@@ -209,7 +216,7 @@ class Experiment:
         too_big = [n for _, n in config.resolved_plan() if n > len(self.pool)]
         if too_big:
             where = " after the validation split" if self.val_index is not None else ""
-            raise SystemExit(f"error: the plan asks for {max(too_big)} items but only {len(self.pool)} "
+            raise RunError(f"the plan asks for {max(too_big)} items but only {len(self.pool)} "
                              f"training images are available{where}")
         self.trained = {}  # targets digest -> (probs on train items, test probs, history): reuse identical targets
 
@@ -231,7 +238,7 @@ class Experiment:
                                   lr=c.lr, gpus=c.gpus, seed=seed + stage, select_epoch=c.select_epoch,
                                   val=val, test=test if c.select_epoch == "test" else None,
                                   pad=c.augment_pad, desc=f"{tag} stage {stage + 1}")
-            history += h
+            history += [dict(record, stage=stage + 1) for record in h]
             train_probs = resnet.predict_proba(net, images, contexts)
             targets = agg.one_hot(train_probs.argmax(axis=1), self.K)  # the second stage's targets
         result = (train_probs, resnet.predict_proba(net, ds.test_images, contexts), history)
@@ -276,7 +283,7 @@ class Experiment:
         cache[algorithm] = train_probs
         record = {"redundancy": r, "n": n, "algorithm": algorithm, "seed": seed,
                   "test_error": top_k_error(test_probs, ds.test_labels, 1),
-                  "val_error": (1 - max(h["val_acc"] for h in history)) if "val_acc" in history[0] else None,
+                  "val_error": selected_val_error(history, c.select_epoch),
                   "label_accuracy": float((targets.argmax(axis=1) == truth).mean()),
                   "worker_accuracy_mae": worker_mae(ann, confusions, workers),
                   "epochs": len(history), "wall_seconds": time.perf_counter() - start,
@@ -284,6 +291,14 @@ class Experiment:
         if K > 10:
             record["test_error_top5"] = top_k_error(test_probs, ds.test_labels, 5)
         return record
+
+
+def selected_val_error(history, select_epoch):
+    """Validation error of the model that was tested: the final stage's best or last epoch."""
+    final = [h for h in history if h["stage"] == history[-1]["stage"] and "val_acc" in h]
+    if not final:
+        return None
+    return 1 - (max(h["val_acc"] for h in final) if select_epoch == "val" else final[-1]["val_acc"])
 
 
 def worker_mae(ann, confusions, true_confusions):
@@ -334,7 +349,7 @@ def load_results(config):
     if saved != comparable(config):
         changed = sorted(k for k in saved.keys() | comparable(config).keys()
                          if saved.get(k) != comparable(config).get(k))
-        raise SystemExit(f"error: {path} was made with a different config ({', '.join(changed)} differ); "
+        raise RunError(f"{path} was made with a different config ({', '.join(changed)} differ); "
                          "use another --out or remove it")
     return results
 
@@ -445,6 +460,9 @@ def order(algorithms):
 if __name__ == "__main__":
     try:
         sys.exit(main())
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         sys.exit(130)

@@ -195,13 +195,15 @@ class InputError(Exception):
 
 
 def clean_codes(column):
-    """Integer codes for a column of strings and the distinct names, in order of first appearance.
+    """Integer codes for a column of strings and the distinct names, in order of first appearance;
+    code -1 marks a missing value (read_csv turns every MISSING spelling into NaN).
     Surrounding white space is dropped; it is looked for once in the joined distinct names, so the
     per-name strip runs only when some name has it."""
     codes, names = pd.factorize(column, sort=False)
     if re.search(r"(^|\x00)\s|\s($|\x00)", "\x00".join(names)):
-        codes2, names = pd.factorize(pd.Index(names).str.strip(), sort=False)
-        codes = codes2[codes]
+        stripped = pd.Index(names).str.strip()
+        codes2, names = pd.factorize(stripped.where(~stripped.isin(MISSING)), sort=False)  # " NaN " is missing
+        codes = np.where(codes >= 0, codes2[np.maximum(codes, 0)], -1)
     return codes.astype(np.int64), list(names)
 
 
@@ -227,7 +229,7 @@ def read_answers(path):
     pandas' C parser reads 1.2M rows in well under a second; the csv module takes several.
     """
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=True)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=MISSING, skip_blank_lines=True)
     except pd.errors.EmptyDataError as err:
         raise InputError(f"{path}: empty file") from err
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
@@ -237,13 +239,9 @@ def read_answers(path):
     if frame.empty:
         raise InputError(f"{path}: no labels after the header")
     (items, item_names), (workers, worker_names), (raw_labels, seen) = (clean_codes(frame[c]) for c in columns)
-    for what, codes, names in (("item", items, item_names), ("worker", workers, worker_names),
-                               ("label", raw_labels, seen)):
-        blank = pd.Index(names).get_indexer(MISSING)
-        blank = blank[blank >= 0]
-        if len(blank):
-            row = int(np.flatnonzero(np.isin(codes, blank))[0])
-            raise InputError(f"{path}:{row + 2}: blank or NaN {what}")
+    for what, codes in (("item", items), ("worker", workers), ("label", raw_labels)):
+        if codes.min() < 0:
+            raise InputError(f"{path}:{int(np.argmax(codes < 0)) + 2}: blank or NaN {what}")
     classes = sort_classes(seen)
     if len(classes) < 2:
         raise InputError(f"{path}: every label is {classes[0]!r}: aggregation needs at least two classes")

@@ -85,6 +85,7 @@ BAD = {
     "missing column": ("item,worker\n1,a\n", "no column named label or answer"),
     "blank field": ("item,worker,label\n1,a,x\n2,,y\n", ":3: blank or NaN worker"),
     "nan label": ("item,worker,label\n1,a,x\n2,b,NaN\n", ":3: blank or NaN label"),
+    "padded null": ("item,worker,label\n1,a,x\n2,b,y\n3, NULL ,y\n", ":4: blank or NaN worker"),
     "duplicate pair": ("item,worker,label\n1,a,x\n2,a,y\n1,a,y\n", ":4: duplicate (item, worker) row: 1, a"),
     "single class": ("item,worker,label\n1,a,x\n2,a,x\n", "at least two classes"),
     "ragged row": ("item,worker,label\n1,a,x\n2,b,y,z,w\n", "cannot read as CSV"),

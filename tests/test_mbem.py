@@ -101,6 +101,8 @@ def test_changed_config_on_the_same_out_is_refused(smoke_run):
     (["--redundancy", "1,200"], "exceeds the number of workers"),
     (["--gamma", "2"], "[0, 1]"),
     (["--seeds", "x"], "comma-separated ints"),
+    (["--dataset", "folder", "--source", "/nonexistent/images"], "no such folder"),
+    (["--budget", "100000"], "the plan asks for"),
 ])
 def test_bad_flags_give_one_clear_error(tmp_path, flags, message):
     result = run("--preset", "smoke", "--out", tmp_path / "x", *flags)
@@ -116,6 +118,13 @@ def test_presets_and_plan_parsing():
     assert config.resolved_plan() == [[1, 100], [2, 50]] and not config.two_stage
     _, _, config = MBEM.parse_args(["--plan", "2:10,1:20"])
     assert config.resolved_plan() == [[2, 10], [1, 20]]
+
+
+def test_selected_val_error_reads_the_final_stage():
+    history = [{"stage": 1, "val_acc": 0.9}, {"stage": 2, "val_acc": 0.5}, {"stage": 2, "val_acc": 0.6}]
+    assert MBEM.selected_val_error(history, "val") == pytest.approx(0.4)
+    assert MBEM.selected_val_error([dict(h, val_acc=0.5) for h in history[:1]], "last") == pytest.approx(0.5)
+    assert MBEM.selected_val_error([{"stage": 1}], "last") is None
 
 
 def test_top_k_error():
