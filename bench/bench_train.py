@@ -74,6 +74,21 @@ def plain(args):
     return train_speed, len(images) / (time.perf_counter() - start)
 
 
+def print_augmentation_speed(batch=128, repeats=50):
+    """The augmentation runs in a background thread; it must outpace training by a wide margin."""
+    import numpy as np
+
+    import resnet
+
+    rng = np.random.default_rng(0)
+    images, _ = synthetic(batch, rng)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        resnet.augment(images, rng).astype(np.float32)
+    speed = batch * repeats / (time.perf_counter() - start)
+    print(f"augmentation (pad 4, crop, mirror, to float32): {speed:.0f} img/s on one core")
+
+
 def child(variant, batch, args):
     """Run one variant in a fresh process; its img/s and its own peak RSS (os.wait4)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--batch", str(batch),
@@ -100,6 +115,7 @@ def main():
         print(json.dumps((ours if args.child == "ours" else plain)(args)))
         return
     batches = [int(b) for b in args.batches.split(",")]
+    print_augmentation_speed()
     speeds = {}
     print(f"ResNet-{args.depth}, CPU, {args.images} synthetic images, epoch {args.epochs} of {args.epochs} timed")
     for batch in batches:
