@@ -9,13 +9,17 @@ Loss on a soft target q (the posterior of the true class): -sum_k q_k log p_k, b
 
 Training as released: Nesterov momentum 0.9, learning rate 0.5 at batch 500 (linear in the
 batch size), weight decay 1e-4, x0.1 after 2/3 and 5/6 of the epochs, Xavier init (gaussian,
-fan-in, magnitude 2). Speed choices, none of which changes the algorithm:
+fan-in, magnitude 2). Speed choices, none of which changes the algorithm (bench/bench_train.py
+measures the whole against a plain Gluon loop):
+- OMP_NUM_THREADS = the core count, set before mxnet loads: its default uses fewer threads
+  than this 2-core machine has, the largest single gain here;
 - the loss lives inside the hybridized graph, so one cached graph runs forward and loss;
 - static_alloc/static_shape: memory is planned once, not per batch (the last short batch
-  of an epoch is dropped, the released iterator's behaviour, so every batch has one shape);
+  of an epoch is dropped, as the released iterator does, so every batch has one shape);
 - a background thread augments the next batch while the current one trains;
-- batches are copied into two preallocated device buffers rather than new NDArrays;
 - loss and accuracy accumulate on the device and are read once per epoch (each read blocks).
+Never run two MXNet trainings at once on one machine: OpenMP threads spin while they wait, and
+two processes oversubscribing the cores slow each other down by far more than half.
 """
 
 import os
