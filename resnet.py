@@ -11,11 +11,12 @@ Training as released: Nesterov momentum 0.9, learning rate 0.5 at batch 500 (lin
 batch size), weight decay 1e-4, x0.1 after 2/3 and 5/6 of the epochs, Xavier init (gaussian,
 fan-in, magnitude 2). Speed choices, none of which changes the algorithm (bench/bench_train.py
 measures the whole against a plain Gluon loop):
-- OMP_NUM_THREADS = the core count, set before mxnet loads: its default uses fewer threads
-  than this 2-core machine has, the largest single gain here;
+- OMP_NUM_THREADS = the core count, set before mxnet loads: with its default, training here
+  used one of the two cores (user time = wall time), the largest single gain;
 - the loss lives inside the hybridized graph, so one cached graph runs forward and loss;
 - static_alloc/static_shape: memory is planned once, not per batch (the last short batch
-  of an epoch is dropped, as the released iterator does, so every batch has one shape);
+  of an epoch is dropped, so every batch has one shape; the release's iterator wrapped around
+  to fill it instead);
 - a background thread augments the next batch while the current one trains;
 - loss and accuracy accumulate on the device and are read once per epoch (each read blocks).
 Never run two MXNet trainings at once on one machine: OpenMP threads spin while they wait, and
