@@ -279,8 +279,7 @@ def csv_field(name):
 
 
 def csv_fields(names):
-    """csv_field over many names; one scan of the joined text decides whether any needs quoting."""
-    names = [str(s) for s in names]
+    """csv_field over a list of names; one scan of the joined text decides whether any needs quoting."""
     joined = "\x00".join(names)
     return [csv_field(s) for s in names] if any(c in joined for c in ',"\n\r') else names
 
@@ -301,12 +300,12 @@ def format_probabilities(probs):
 
 def posterior_csv(probs, item_names, classes):
     """item,label,p_<class>... as bytes; label is the most probable class, spelled as in the input."""
-    header = ",".join(["item", "label"] + csv_fields(f"p_{c}" for c in classes))
+    header = ",".join(["item", "label"] + csv_fields([f"p_{c}" for c in classes]))
     quoted = csv_fields(item_names)
     joined = "\n".join(quoted)  # encode once and split, unless a quoted name holds a newline itself
     names = joined.encode().split(b"\n") if joined.count("\n") == len(quoted) - 1 else [q.encode() for q in quoted]
     labels = [("," + c).encode() for c in csv_fields(classes)]
-    best = [labels[k] for k in np.argmax(probs, axis=1).tolist()]
+    best = np.array(labels, dtype=object)[np.argmax(probs, axis=1)].tolist()
     lines = map(b"".join, zip(names, best, format_probabilities(probs), strict=True))
     return header.encode() + b"\n" + b"\n".join(lines) + b"\n"
 
