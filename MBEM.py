@@ -367,11 +367,12 @@ def write_table(results, out):
     os.replace(tmp, os.path.join(out, "results.csv"))
 
 
-def summarise(cells):
-    """{algorithm: {redundancy: [test errors over seeds]}}"""
+def summarise(cells, metric="test_error"):
+    """{algorithm: {redundancy: [metric over seeds]}} (cells without the metric are left out)."""
     table = {}
     for cell in cells:
-        table.setdefault(cell["algorithm"], {}).setdefault(cell["redundancy"], []).append(cell["test_error"])
+        if cell.get(metric) is not None:
+            table.setdefault(cell["algorithm"], {}).setdefault(cell["redundancy"], []).append(cell[metric])
     return table
 
 
@@ -401,11 +402,14 @@ def plot(results, out):
 
 
 def print_table(results):
-    table = summarise(results["cells"])
-    rs = sorted({r for by_r in table.values() for r in by_r})
-    print("test error (mean over seeds)  " + "".join(f"r={r:<7}" for r in rs))
-    for algorithm, by_r in table.items():
-        print(f"{algorithm:<30}" + "".join(f"{np.mean(by_r[r]):<9.3f}" if r in by_r else " " * 9 for r in rs))
+    """Mean (and spread, over seeds) of test error, label accuracy and worker-accuracy error."""
+    for metric in ("test_error", "label_accuracy", "worker_accuracy_mae"):
+        table = summarise(results["cells"], metric)
+        rs = sorted({r for by_r in table.values() for r in by_r})
+        print(f"\n{metric} (mean +- std over seeds)".ljust(22) + "".join(f"r={r:<13}" for r in rs))
+        for algorithm, by_r in table.items():
+            print(f"{algorithm:<22}" + "".join(f"{np.mean(by_r[r]):.3f} +- {np.std(by_r[r]):.3f}  " if r in by_r
+                                                else " " * 15 for r in rs))
 
 
 # ----------------------------------------------------------------------------- main
