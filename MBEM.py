@@ -406,7 +406,8 @@ def print_table(results):
     for metric in ("test_error", "label_accuracy", "worker_accuracy_mae"):
         table = summarise(results["cells"], metric)
         rs = sorted({r for by_r in table.values() for r in by_r})
-        print(f"\n{metric} (mean +- std over seeds)".ljust(22) + "".join(f"r={r:<13}" for r in rs))
+        print(f"\n{metric}, mean +- std over seeds")
+        print(" " * 22 + "".join(f"r={r:<13}" for r in rs))
         for algorithm, by_r in table.items():
             print(f"{algorithm:<22}" + "".join(f"{np.mean(by_r[r]):.3f} +- {np.std(by_r[r]):.3f}  " if r in by_r
                                                 else " " * 15 for r in rs))
