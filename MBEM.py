@@ -391,9 +391,13 @@ def plot(results, out):
         spread = np.array([np.std(by_r[r]) for r in rs])
         ax.errorbar(rs, mean, yerr=spread, marker="o", capsize=3, label=names.get(algorithm, algorithm))
     c = results["config"]
-    ax.set_xlabel("redundancy r (labels per item)")
+    name = os.path.basename(c["source"]).split(".")[0] if c["dataset"] == "folder" else c["dataset"]
+    seeds = len(c["seeds"])
+    ax.set_xticks(sorted({cell["redundancy"] for cell in results["cells"]}))
+    ax.set_xlabel("redundancy r (labels per item), fixed budget")
     ax.set_ylabel("test error (top-1)")
-    ax.set_title(f"{c['dataset']}, fixed budget, {c['workers']} workers, gamma {c['gamma']}", fontsize=9)
+    ax.set_title(f"{name}: {c['workers']} {c['worker_model']} workers, gamma {c['gamma']}, ResNet-{c['depth']}, "
+                 f"{seeds} seed{'s' * (seeds > 1)} (mean, std)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
