@@ -76,11 +76,11 @@ PRESETS = {
                   out="results/cpu"),
     # Every algorithm, tiny: for tests and CI.
     "smoke": Config(dataset="digits", workers=20, budget=600, redundancy=[1, 3], plan=None,
-                    algorithms=list(ALGORITHMS), depth=8, epochs=2, batch_size=100, augment_pad=1,
+                    algorithms=list(ALGORITHMS), depth=8, epochs=10, batch_size=50, augment_pad=1,
                     select_epoch="val", val_size=200, out="results/smoke"),
     # Offline on scikit-learn's digits.
     "demo": Config(dataset="digits", workers=20, gamma=0.3, budget=1000, redundancy=[1, 2, 4], plan=None,
-                   algorithms=["mv", "wmv", "em", "mbem", "clean"], depth=8, epochs=15, batch_size=100,
+                   algorithms=["mv", "wmv", "em", "mbem", "clean"], depth=8, epochs=30, batch_size=50,
                    augment_pad=1, select_epoch="val", val_size=250, out="results/demo"),
 }
 

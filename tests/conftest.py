@@ -3,6 +3,8 @@ import sys
 
 import pytest
 
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # before any test module loads mxnet
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
