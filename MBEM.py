@@ -396,8 +396,9 @@ def plot(results, out):
     ax.set_xticks(sorted({cell["redundancy"] for cell in results["cells"]}))
     ax.set_xlabel("redundancy r (labels per item), fixed budget")
     ax.set_ylabel("test error (top-1)")
-    ax.set_title(f"{name}: {c['workers']} {c['worker_model']} workers, gamma {c['gamma']}, ResNet-{c['depth']}, "
-                 f"{seeds} seed{'s' * (seeds > 1)} (mean, std)", fontsize=8)
+    ax.set_title(f"{name}: {c['workers']} {c['worker_model']} workers, gamma {c['gamma']}\n"
+                 f"ResNet-{c['depth']}, {c['epochs']} epochs, {seeds} seed{'s' * (seeds > 1)} (mean and std)",
+                 fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
