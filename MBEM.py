@@ -205,7 +205,6 @@ class Experiment:
         self.config, self.ds = config, ds
         self.K = len(ds.classes)
         N = len(ds.train_images)
-        self.contexts = None
         # A seeded shuffle: class-folder trees are sorted by class, so "the first n" needs one.
         # The items are the first n of one fixed shuffle (the same for every seed and redundancy):
         # class-folder trees come sorted by class, so CIFAR's own "first n" needs replacing.
@@ -224,7 +223,8 @@ class Experiment:
         """Train on soft targets (twice when two-stage). Returns (train probs, test probs, history)."""
         import resnet
 
-        key = (hashlib.sha1(np.ascontiguousarray(targets).tobytes()).hexdigest(), seed, tuple(items[:5]), len(items))
+        # The items are always the first len(items) of the pool, so targets, seed and n identify a model.
+        key = (hashlib.sha1(np.ascontiguousarray(targets).tobytes()).hexdigest(), seed, len(items))
         if key in self.trained:
             return self.trained[key]
         c, ds = self.config, self.ds
@@ -245,14 +245,18 @@ class Experiment:
         self.trained[key] = result
         return result
 
-    def cell(self, seed, r, n, algorithm, workers, cache):
-        """Run one (seed, r, n, algorithm) cell and return its record."""
+    def annotate(self, seed, r, n, workers):
+        """The noisy labels of the first n items at redundancy r, shared by every algorithm."""
+        truth = self.ds.train_labels[self.pool[:n]]
+        label_rng = np.random.default_rng([seed, r, n])
+        return agg.Annotations(*noise_sim.simulate_labels(truth, workers, r, label_rng), n, self.config.workers, self.K)
+
+    def cell(self, seed, r, n, algorithm, workers, ann, cache):
+        """Run one (seed, r, n, algorithm) cell on the labels `ann` and return its record."""
         c, ds, K = self.config, self.ds, self.K
         start = time.perf_counter()
-        label_rng = np.random.default_rng([seed, r, n])  # the same labels for every algorithm of a cell
         items = self.pool[:n]
         truth = ds.train_labels[items]
-        ann = agg.Annotations(*noise_sim.simulate_labels(truth, workers, r, label_rng), n, c.workers, K)
         rng = np.random.default_rng([seed, r, n, ALGORITHMS.index(algorithm)])
         confusions = None
         if algorithm == "mv":
@@ -445,12 +449,12 @@ def main(argv=None):
         workers = noise_sim.simulate_workers(config.workers, len(ds.classes), config.gamma,
                                              np.random.default_rng(seed), config.worker_model)
         for r, n in config.resolved_plan():
-            cache = {}
+            cache, ann = {}, experiment.annotate(seed, r, n, workers)
             for algorithm in order(config.algorithms):
                 if (seed, r, n, algorithm) in done:
                     continue
                 start = time.perf_counter()
-                record = experiment.cell(seed, r, n, algorithm, workers, cache)
+                record = experiment.cell(seed, r, n, algorithm, workers, ann, cache)
                 results["cells"].append(record)
                 results["wall_seconds"] += time.perf_counter() - start
                 write_json(os.path.join(config.out, "results.json"), results)  # each cell lands at once

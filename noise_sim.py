@@ -88,9 +88,6 @@ def simulate_labels(true_labels, confusions, redundancy, rng):
     return items, workers, group * g + local_label
 
 
-def fixed_budget_plan(budget, redundancies, n_max=None):
-    """[(r, n)] with n = budget // r items for each redundancy, capped at n_max items."""
-    plan = [(int(r), budget // int(r)) for r in redundancies]
-    if n_max is not None:
-        plan = [(r, min(n, n_max)) for r, n in plan]
-    return plan
+def fixed_budget_plan(budget, redundancies):
+    """[(r, n)] with n = budget // r items for each redundancy."""
+    return [(int(r), budget // int(r)) for r in redundancies]

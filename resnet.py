@@ -42,7 +42,6 @@ from mxnet import autograd, gluon  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 BN = {"epsilon": 2e-5, "momentum": 0.9}  # the release's BatchNorm settings
 
 
@@ -83,8 +82,8 @@ class ResNet(nn.HybridBlock):
 
     def __init__(self, depth, classes, filters=(16, 32, 64)):
         super().__init__()
-        if depth not in DEPTHS and (depth - 2) % 6:
-            raise ValueError(f"depth must be 6n + 2 (one of {DEPTHS}), not {depth}")
+        if (depth - 2) % 6 or depth < 8:
+            raise ValueError(f"depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), not {depth}")
         units = (depth - 2) // 6
         self.features = nn.HybridSequential()
         self.features.add(nn.BatchNorm(scale=False, **BN))  # BN on the raw input (fixed gamma, as released)
@@ -109,11 +108,6 @@ class SoftTargetLoss(nn.HybridBlock):
     def hybrid_forward(self, F, x, target):
         log_probs = self.net(x)
         return -F.sum(target * log_probs, axis=1), log_probs
-
-
-def soft_cross_entropy(log_probs, target):
-    """Batch mean of -sum_k q_k log p_k (numpy or NDArray)."""
-    return -(target * log_probs).sum(axis=1).mean()
 
 
 def build(depth, classes, contexts, seed):

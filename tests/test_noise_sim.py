@@ -71,7 +71,6 @@ def test_grouped_workers_confuse_only_inside_groups():
 
 def test_plans():
     assert noise_sim.fixed_budget_plan(50000, [1, 5, 13]) == [(1, 50000), (5, 10000), (13, 3846)]
-    assert noise_sim.fixed_budget_plan(1000, [1, 2], n_max=600) == [(1, 600), (2, 500)]
 
 
 def test_same_seed_same_labels():
