@@ -21,12 +21,14 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import metadata
 
 import numpy as np
 
 import aggregation as agg
 import dataset as data
 import noise_sim
+from pipeline import gpu_ids
 
 ALGORITHMS = ("mv", "wmv", "em", "mbem", "oracle", "clean")
 
@@ -41,6 +43,9 @@ class Config:
     source: str = None  # the class-folder tree or .tar.gz for --dataset folder
     data_dir: str = None
     gpus: str = None
+    backend: str = "mxnet"  # or "torch" (resnet_torch.py)
+    precision: str = "fp32"  # torch: "bf16", or "auto" (bf16 where the device computes it natively)
+    compile: bool = True  # torch: torch.compile the network
     workers: int = 100
     gamma: float = 0.2
     worker_model: str = "hammer-spammer"
@@ -56,6 +61,9 @@ class Config:
     batch_size: int = 500
     lr: float = None  # None: 0.5 at batch 500, linear in the batch size
     augment_pad: int = 4
+    epoch_images: str = "labelled"  # "all": every epoch also passes the unlabelled images (the release)
+    shuffle: bool = True  # False: one batch order for every epoch (the release)
+    predict_augmented: bool = False  # predict training items on augmented images (the release)
     select_epoch: str = "test"
     val_size: int = 5000
     seeds: list = field(default_factory=lambda: [0])
@@ -69,11 +77,15 @@ class Config:
 
 PRESETS = {
     # The release's protocol exactly (../shared/PAPER.md), epoch chosen on the test set as released.
-    "paper": Config(),
-    # The same protocol scaled to this 2-core CPU: see README "Reproducing the paper".
-    "cpu": Config(budget=10000, redundancy=[1, 3, 5], plan=None, algorithms=["mv", "wmv", "em", "mbem"],
-                  two_stage=False, depth=8, epochs=12, batch_size=128, select_epoch="last", seeds=[0, 1, 2],
-                  out="results/cpu"),
+    "paper": Config(epoch_images="all", shuffle=False, predict_augmented=True),
+    # The release's network and budget on a CPU with the torch backend: see README "Reproducing the paper".
+    "cpu": Config(backend="torch", precision="auto", budget=50000, redundancy=[1, 3, 5], plan=None,
+                  algorithms=["mv", "wmv", "em", "mbem"], two_stage=False, epochs=10, batch_size=128,
+                  select_epoch="last", seeds=[0, 1, 2], out="results/cpu"),
+    # The first CPU reproduction (MXNet, ResNet-8, a 10,000-label budget), kept on record.
+    "cpu-mxnet": Config(budget=10000, redundancy=[1, 3, 5], plan=None, algorithms=["mv", "wmv", "em", "mbem"],
+                        two_stage=False, depth=8, epochs=12, batch_size=128, select_epoch="last", seeds=[0, 1, 2],
+                        out="results/cpu-mxnet"),
     # Every algorithm, tiny: for tests and CI.
     "smoke": Config(dataset="digits", workers=20, budget=600, redundancy=[1, 3], plan=None,
                     algorithms=list(ALGORITHMS), depth=8, epochs=10, batch_size=50, augment_pad=1,
@@ -85,7 +97,7 @@ PRESETS = {
 }
 
 # Settings that do not change any result: a resumed run may differ in these.
-NOT_RESULTS = ("gpus", "out", "data_dir")
+NOT_RESULTS = ("gpus", "out", "data_dir", "compile")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -116,7 +128,13 @@ def parse_args(argv=None):
     a("--dataset", choices=["cifar10", "folder", "digits"], help="cifar10 (downloaded), folder (--source), digits")
     a("--source", help="class-folder tree or .tar.gz of one (train/<class>/*, test/<class>/*)")
     a("--data-dir", help="download and cache folder (default $MBEM_DATA or data/)")
-    a("--gpus", help="GPU ids, e.g. 0 or 0,1 (data-parallel); default the CPU")
+    a("--gpus", help="GPU ids, e.g. 0 or 0,1 (data-parallel; torch: one process each under torchrun); "
+                     "default the CPU")
+    a("--backend", choices=["mxnet", "torch"], help="the trainer: MXNet (resnet.py, the release's framework) or "
+                                                     "PyTorch (resnet_torch.py)")
+    a("--precision", choices=["fp32", "bf16", "auto"],
+      help="torch: bf16 autocast (CUDA, or a CPU with native bf16), or auto: bf16 where native, else fp32")
+    a("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch: torch.compile the network")
     a("--workers", type=int, help="number of simulated workers m")
     a("--gamma", type=float, help="probability that a worker (or a row, class-wise) is a hammer")
     a("--worker-model", choices=sorted(noise_sim.WORKER_MODELS), help="simulated worker distribution")
@@ -134,6 +152,12 @@ def parse_args(argv=None):
     a("--batch-size", type=int, help="batch size (learning rate scales linearly from 0.5 at 500)")
     a("--lr", type=float, help="learning rate (default 0.5 * batch / 500)")
     a("--augment-pad", type=int, help="augmentation: pad by this many pixels (fill 127), random crop, mirror; 0: off")
+    a("--epoch-images", choices=["labelled", "all"],
+      help="all: every epoch also passes the unlabelled training images, with zero targets (the release)")
+    a("--shuffle", action=argparse.BooleanOptionalAction, default=None,
+      help="a new batch order every epoch (--no-shuffle: one fixed order, the release)")
+    a("--predict-augmented", action=argparse.BooleanOptionalAction, default=None,
+      help="predict the training items on randomly cropped and mirrored images (the release)")
     a("--select-epoch", choices=["last", "val", "test"],
       help="which epoch's model is tested: last, best on a validation split, or best on test (the release; optimistic)")
     a("--val-size", type=int, help="validation images held out of the training pool for --select-epoch val")
@@ -169,11 +193,26 @@ def check(parser, config):
     if max(r for r, _ in config.resolved_plan()) > config.workers:
         parser.error("a redundancy exceeds the number of workers: each item needs distinct workers")
     try:
-        import resnet
-
-        resnet.parse_gpus(config.gpus)
+        gpu_ids(config.gpus)
     except ValueError as err:
         parser.error(str(err))
+    if config.backend == "mxnet" and config.precision == "bf16":
+        parser.error("--precision bf16 is for --backend torch: MXNet 1.9.1's bf16 (oneDNN 2.4, no AMX) measured "
+                     "slower than its fp32 here")
+
+
+def trainer_module(backend):
+    """resnet (MXNet) or resnet_torch (PyTorch), imported when first needed."""
+    if backend == "mxnet":
+        import resnet
+
+        return resnet
+    try:
+        import resnet_torch
+    except ImportError as err:
+        raise RunError(f"--backend torch needs PyTorch ({err}): `make setup` installs it, or "
+                       "pip install torch==2.13.0+cpu (a GPU: the CUDA build, see README)") from err
+    return resnet_torch
 
 
 # ----------------------------------------------------------------------------- one cell
@@ -201,8 +240,8 @@ def top_k_error(probs, labels, k):
 class Experiment:
     """Everything one run shares: the data, the split, the simulated workers, finished cells."""
 
-    def __init__(self, config, ds):
-        self.config, self.ds = config, ds
+    def __init__(self, config, ds, writer=True):
+        self.config, self.ds, self.writer = config, ds, writer
         self.K = len(ds.classes)
         N = len(ds.train_images)
         # A seeded shuffle: class-folder trees are sorted by class, so "the first n" needs one.
@@ -218,32 +257,50 @@ class Experiment:
             raise RunError(f"the plan asks for {max(too_big)} items but only {len(self.pool)} "
                              f"training images are available{where}")
         self.trained = {}  # targets digest -> (probs on train items, test probs, history): reuse identical targets
+        self.bootstrap = {}  # (seed, r, n) -> the WMV model's predicted class of each item, for MBEM
+        self.trainer = trainer_module(config.backend)
+        self.precision = "fp32"
+        if config.backend == "torch":
+            try:
+                self.precision = self.trainer.resolve_precision(config.precision, config.gpus)
+            except ValueError as err:
+                raise RunError(str(err)) from err
 
     def fit(self, targets, items, seed, tag):
-        """Train on soft targets (twice when two-stage). Returns (train probs, test probs, history)."""
-        import resnet
+        """Train on soft targets (twice when two-stage). Returns (train probs, test probs, history).
 
+        With epoch_images "all" (the release) the network also sees the rest of the training pool,
+        after the labelled items, with all-zero targets: no loss gradient, but BatchNorm statistics
+        and optimizer steps, as the release's iterator over all 50,000 images gives them."""
         # The items are always the first len(items) of the pool, so targets, seed and n identify a model.
         key = (hashlib.sha1(np.ascontiguousarray(targets).tobytes()).hexdigest(), seed, len(items))
         if key in self.trained:
             return self.trained[key]
-        c, ds = self.config, self.ds
-        images = ds.train_images[items]
+        c, ds, trainer = self.config, self.ds, self.trainer
+        labelled = ds.train_images[items]
+        images = ds.train_images[self.pool] if c.epoch_images == "all" else labelled
         val = (ds.train_images[self.val_index], ds.train_labels[self.val_index]) if self.val_index is not None else None
         test = (ds.test_images, ds.test_labels)
-        contexts = resnet.parse_gpus(c.gpus)
+        devices = trainer.parse_gpus(c.gpus)
+        options = {"precision": self.precision, "compile": c.compile} if c.backend == "torch" else {}
         history = []
         for stage in range(2 if c.two_stage else 1):
-            net, h = resnet.train(images, targets, self.K, depth=c.depth, epochs=c.epochs, batch_size=c.batch_size,
-                                  lr=c.lr, gpus=c.gpus, seed=seed + stage, select_epoch=c.select_epoch,
-                                  val=val, test=test if c.select_epoch == "test" else None,
-                                  pad=c.augment_pad, desc=f"{tag} stage {stage + 1}")
+            padded = np.zeros((len(images), self.K))
+            padded[:len(items)] = targets
+            net, h = trainer.train(images, padded, self.K, depth=c.depth, epochs=c.epochs, batch_size=c.batch_size,
+                                   lr=c.lr, gpus=c.gpus, seed=seed + stage, select_epoch=c.select_epoch, val=val,
+                                   test=test if c.select_epoch == "test" else None, pad=c.augment_pad,
+                                   shuffle=c.shuffle, desc=f"{tag} stage {stage + 1}", **options)
             history += [dict(record, stage=stage + 1) for record in h]
-            train_probs = resnet.predict_proba(net, images, contexts)
+            augment = {"pad": c.augment_pad, "rng": np.random.default_rng([seed, stage])} if c.predict_augmented else {}
+            train_probs = trainer.predict_proba(net, labelled, devices, **augment)
             targets = agg.one_hot(train_probs.argmax(axis=1), self.K)  # the second stage's targets
-        result = (train_probs, resnet.predict_proba(net, ds.test_images, contexts), history)
+        result = (train_probs, trainer.predict_proba(net, ds.test_images, devices), history)
         self.trained[key] = result
         return result
+
+    def bootstrap_path(self, seed, r, n):
+        return os.path.join(self.config.out, "bootstrap", f"wmv-seed{seed}-r{r}-n{n}.npz")
 
     def annotate(self, seed, r, n, workers):
         """The noisy labels of the first n items at redundancy r, shared by every algorithm."""
@@ -251,7 +308,7 @@ class Experiment:
         label_rng = np.random.default_rng([seed, r, n])
         return agg.Annotations(*noise_sim.simulate_labels(truth, workers, r, label_rng), n, self.config.workers, self.K)
 
-    def cell(self, seed, r, n, algorithm, workers, ann, cache):
+    def cell(self, seed, r, n, algorithm, workers, ann):
         """Run one (seed, r, n, algorithm) cell on the labels `ann` and return its record."""
         c, ds, K = self.config, self.ds, self.K
         start = time.perf_counter()
@@ -275,26 +332,64 @@ class Experiment:
             train_probs, test_probs, history = self.fit(targets, items, seed, f"seed {seed} r {r} {algorithm}")
             if algorithm in ("mv", "wmv"):
                 confusions = agg.estimate_confusions(ann, targets)
+            if algorithm == "wmv":
+                self.bootstrap[seed, r, n] = train_probs.argmax(axis=1)
+                if self.writer:
+                    save_bootstrap(self.bootstrap_path(seed, r, n), self.bootstrap[seed, r, n], ann)
         else:
-            # The release bootstraps MBEM from the (final) WMV model's predictions on the training items.
-            train_probs = cache.get("wmv")
-            if train_probs is None:
-                train_probs = self.fit(agg.weighted_majority_vote(ann), items, seed, f"seed {seed} r {r} wmv")[0]
+            # The release bootstraps MBEM from the (final) WMV model's hard predictions on the training
+            # items: from this run, or from the file the WMV cell left (a resumed run), or trained anew.
+            predicted = self.bootstrap.get((seed, r, n))
+            if predicted is None:
+                predicted = load_bootstrap(self.bootstrap_path(seed, r, n), ann)
+            if predicted is None:
+                predicted = self.fit(agg.weighted_majority_vote(ann), items, seed, f"seed {seed} r {r} wmv")[0]
+                predicted = predicted.argmax(axis=1)
+            train_probs = agg.one_hot(predicted, K)
             for t in range(c.rounds):
                 targets, confusions, _ = agg.mbem_step(ann, train_probs, class_prior=c.class_prior)
                 train_probs, test_probs, history = self.fit(targets, items, seed,
                                                             f"seed {seed} r {r} mbem round {t + 1}")
-        cache[algorithm] = train_probs
         record = {"redundancy": r, "n": n, "algorithm": algorithm, "seed": seed,
                   "test_error": top_k_error(test_probs, ds.test_labels, 1),
                   "val_error": selected_val_error(history, c.select_epoch),
                   "label_accuracy": float((targets.argmax(axis=1) == truth).mean()),
                   "worker_accuracy_mae": worker_mae(ann, confusions, workers),
-                  "epochs": len(history), "wall_seconds": time.perf_counter() - start,
+                  "epochs": len(history), "backend": c.backend, "precision": self.precision,
+                  "wall_seconds": time.perf_counter() - start,
                   "train_img_per_s": float(np.mean([h["img_per_s"] for h in history]))}
         if K > 10:
             record["test_error_top5"] = top_k_error(test_probs, ds.test_labels, 5)
         return record
+
+
+def labels_digest(ann):
+    return hashlib.sha1(b"".join(np.ascontiguousarray(a, np.int64).tobytes()
+                                 for a in (ann.items, ann.workers, ann.labels))).hexdigest()
+
+
+def save_bootstrap(path, predicted, ann):
+    """The WMV model's predicted classes, with a digest of the labels they belong to, written
+    atomically (a killed run never leaves half a file)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez_compressed(f, predicted=predicted.astype(np.int32), labels_digest=labels_digest(ann))
+    os.replace(tmp, path)
+
+
+def load_bootstrap(path, ann):
+    """The predicted classes saved by save_bootstrap for exactly these labels, or None (missing,
+    unreadable, or for other labels: then MBEM retrains the WMV model rather than trust it)."""
+    try:
+        with np.load(path) as f:
+            predicted, digest = f["predicted"], str(f["labels_digest"])
+    except (OSError, ValueError, KeyError):
+        return None
+    if digest != labels_digest(ann) or predicted.shape != (ann.n,) or not (0 <= predicted).all() \
+            or not (predicted < ann.K).all():
+        return None
+    return predicted.astype(np.int64)
 
 
 def selected_val_error(history, select_epoch):
@@ -317,18 +412,28 @@ def worker_mae(ann, confusions, true_confusions):
 # ----------------------------------------------------------------------------- results on disk
 
 def environment():
+    """The git commit, the versions of the packages that compute, and the CPU the run had: read
+    from package metadata, so neither framework is imported just to be named."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
     except OSError:
         commit = None
     versions = {}
-    for name in ("mxnet", "numpy", "scipy"):
+    for name in ("mxnet", "torch", "numpy", "scipy"):
         try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             versions[name] = None
-    return commit, versions
+    return commit, versions, {"cpu": cpu_model(), "cores": os.cpu_count()}
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
 
 
 def write_json(path, obj):
@@ -343,18 +448,25 @@ def comparable(config):
 
 
 def load_results(config):
-    """The results so far under config.out; a different config there is an error, not a mix."""
+    """The results so far under config.out; a different config there is an error, not a mix.
+    A setting that a results.json predates counts as its default (the behaviour before it existed)."""
     path = os.path.join(config.out, "results.json")
     if not os.path.exists(path):
         return {"config": asdict(config), "cells": [], "wall_seconds": 0.0}
-    with open(path) as f:
-        results = json.load(f)
-    saved = {k: v for k, v in results["config"].items() if k not in NOT_RESULTS}
-    if saved != comparable(config):
-        changed = sorted(k for k in saved.keys() | comparable(config).keys()
-                         if saved.get(k) != comparable(config).get(k))
+    try:
+        with open(path) as f:
+            results = json.load(f)
+        saved = dict(comparable(Config()), **{k: v for k, v in results["config"].items() if k not in NOT_RESULTS})
+        results["cells"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RunError(f"{path} is not a results file of MBEM.py ({type(err).__name__}: {err}); "
+                       "use another --out, or remove it if it is yours to delete") from err
+    current = comparable(config)
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if changed:
         raise RunError(f"{path} was made with a different config ({', '.join(changed)} differ); "
-                         "use another --out or remove it")
+                       "use another --out or remove it")
+    results["config"] = asdict(config)
     return results
 
 
@@ -437,33 +549,56 @@ def main(argv=None):
         print_table(results)
         return 0
     check(parser, config)
+    rank = join_processes(config)
     os.makedirs(config.out, exist_ok=True)
     results = load_results(config)
     done = {(c["seed"], c["redundancy"], c["n"], c["algorithm"]) for c in results["cells"]}
-    results["commit"], results["versions"] = environment()
+    results["commit"], results["versions"], results["machine"] = environment()
     ds = load(config)
-    experiment = Experiment(config, ds)
+    experiment = Experiment(config, ds, writer=rank == 0)
     todo = [(s, r, n, a) for s in config.seeds for r, n in config.resolved_plan() for a in order(config.algorithms)]
-    print(f"{len(todo) - len(done & set(todo))} of {len(todo)} cells to run; results in {config.out}", flush=True)
+    if rank == 0:
+        print(f"{len(todo) - len(done & set(todo))} of {len(todo)} cells to run; results in {config.out}", flush=True)
     for seed in config.seeds:
         workers = noise_sim.simulate_workers(config.workers, len(ds.classes), config.gamma,
                                              np.random.default_rng(seed), config.worker_model)
         for r, n in config.resolved_plan():
-            cache, ann = {}, experiment.annotate(seed, r, n, workers)
+            ann = experiment.annotate(seed, r, n, workers)
             for algorithm in order(config.algorithms):
                 if (seed, r, n, algorithm) in done:
                     continue
                 start = time.perf_counter()
-                record = experiment.cell(seed, r, n, algorithm, workers, ann, cache)
+                record = experiment.cell(seed, r, n, algorithm, workers, ann)
                 results["cells"].append(record)
                 results["wall_seconds"] += time.perf_counter() - start
-                write_json(os.path.join(config.out, "results.json"), results)  # each cell lands at once
-                print(f"seed {seed} r {r} n {n} {algorithm}: test error {record['test_error']:.4f} "
-                      f"label accuracy {record['label_accuracy']:.3f} ({record['wall_seconds']:.0f} s)", flush=True)
-    write_table(results, config.out)
-    plot(results, config.out)
-    print_table(results)
+                if rank == 0:  # under torchrun every process computes the cell; one writes it
+                    write_json(os.path.join(config.out, "results.json"), results)  # each cell lands at once
+                    print(f"seed {seed} r {r} n {n} {algorithm}: test error {record['test_error']:.4f} label "
+                          f"accuracy {record['label_accuracy']:.3f} ({record['wall_seconds']:.0f} s)", flush=True)
+    if rank == 0:
+        write_table(results, config.out)
+        plot(results, config.out)
+        print_table(results)
     return 0
+
+
+def join_processes(config):
+    """This process's rank: 0 alone, or its rank in the process group when started by torchrun
+    (one process per GPU, or several on the CPU with gloo for a test)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0
+    if config.backend != "torch":
+        raise RunError("torchrun starts data-parallel runs of the torch backend only: add --backend torch")
+    import torch
+    import torch.distributed as dist
+
+    ids = gpu_ids(config.gpus)
+    if ids:
+        torch.cuda.set_device(ids[int(os.environ.get("LOCAL_RANK", 0)) % len(ids)])
+    dist.init_process_group("nccl" if ids else "gloo")
+    if not ids:  # CPU processes share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
+    return dist.get_rank()
 
 
 def order(algorithms):

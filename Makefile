@@ -1,5 +1,8 @@
 # make setup | make test | make demo | make bench
 PY := python3.11
+# PyTorch for --backend torch: the CPU build by default; a GPU machine overrides it, e.g.
+#   make setup TORCH=torch==2.13.0   (PyPI's Linux wheel of torch is the CUDA build)
+TORCH ?= torch==2.13.0+cpu
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -8,10 +11,10 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt Makefile
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found; install Python 3.11 (mxnet 1.9.1 wheels need it)" >&2; exit 1; }
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt $(TORCH)
 	touch $(STAMP)
 
 test: setup

@@ -8,9 +8,10 @@ the first unit of every stage, then BN-ReLU, global average pool, dense, log-sof
 Loss on a soft target q (the posterior of the true class): -sum_k q_k log p_k, batch mean.
 
 Training as released: Nesterov momentum 0.9, learning rate 0.5 at batch 500 (linear in the
-batch size), weight decay 1e-4, x0.1 after 2/3 and 5/6 of the epochs, Xavier init (gaussian,
-fan-in, magnitude 2). Speed choices, none of which changes the algorithm (bench/bench_train.py
-measures the whole against a plain Gluon loop):
+batch size), weight decay 1e-4 on weights and BatchNorm scales only (`decayed`), x0.1 after
+2/3 and 5/6 of the epochs, Xavier init (gaussian, fan-in, magnitude 2). The input pipeline
+(augmentation, batches) is pipeline.py, shared with the PyTorch trainer resnet_torch.py.
+Speed choices, none of which changes the algorithm (bench/bench_train.py measures them):
 - OMP_NUM_THREADS = the core count, set before mxnet loads: with its default, training here
   used one of the two cores (user time = wall time), the largest single gain;
 - the loss lives inside the hybridized graph, so one cached graph runs forward and loss;
@@ -24,9 +25,7 @@ two processes oversubscribing the cores slow each other down by far more than ha
 """
 
 import os
-import queue
 import sys
-import threading
 import time
 import warnings
 
@@ -42,20 +41,15 @@ from mxnet import autograd, gluon  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from pipeline import batches, gpu_ids  # noqa: E402
+
 BN = {"epsilon": 2e-5, "momentum": 0.9}  # the release's BatchNorm settings
 
 
 def parse_gpus(gpus):
     """None or '' -> [cpu]; '0' or '0,1' -> those GPUs. Raises ValueError on anything else."""
-    if gpus is None or str(gpus).strip() == "":
-        return [mx.cpu()]
-    try:
-        ids = [int(g) for g in str(gpus).split(",")]
-    except ValueError:
-        raise ValueError(f"--gpus takes comma-separated GPU ids like 0 or 0,1, not {gpus!r}") from None
-    if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
-        raise ValueError(f"--gpus ids must be distinct and non-negative, not {gpus!r}")
-    return [mx.gpu(i) for i in ids]
+    ids = gpu_ids(gpus)
+    return [mx.gpu(i) for i in ids] if ids else [mx.cpu()]
 
 
 class Unit(nn.HybridBlock):
@@ -119,42 +113,6 @@ def build(depth, classes, contexts, seed):
     return net
 
 
-def augment(images, rng, pad=4, fill=127):
-    """The release's augmentation, vectorised: pad by `pad` pixels with `fill`, take a random crop
-    of the original size at one random offset per image, mirror half of the images.
-    images: uint8 (N, C, H, W) -> uint8 (N, C, H, W)."""
-    N, C, H, W = images.shape
-    padded = np.full((N, C, H + 2 * pad, W + 2 * pad), fill, dtype=np.uint8)
-    padded[:, :, pad:pad + H, pad:pad + W] = images
-    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, N))
-    rows = dy[:, None] + np.arange(H)  # (N, H)
-    cols = dx[:, None] + np.arange(W)  # (N, W)
-    mirror = rng.random(N) < 0.5
-    cols = np.where(mirror[:, None], cols[:, ::-1], cols)
-    return padded[np.arange(N)[:, None, None, None], np.arange(C)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
-
-
-def batches(images, targets, batch_size, rng, train, pad=4):
-    """Yield (images float32, targets float32) batches; shuffled, augmented and only full batches
-    when training. A daemon thread prepares the next batch while the caller uses this one."""
-    n = len(images)
-    order = rng.permutation(n) if train else np.arange(n)
-    stops = range(batch_size, n + 1, batch_size) if train else range(batch_size, n + batch_size, batch_size)
-    ready = queue.Queue(maxsize=2)
-
-    def produce():
-        for stop in stops:
-            idx = order[stop - batch_size:min(stop, n)]
-            x = augment(images[idx], rng, pad) if train and pad else images[idx]
-            ready.put((x.astype(np.float32), targets[idx].astype(np.float32) if targets is not None else None))
-        ready.put(None)
-
-    threading.Thread(target=produce, daemon=True).start()
-    while (item := ready.get()) is not None:
-        yield item
-
-
 def split(array, contexts):
     """Split a batch over the devices (data parallelism); one device keeps it whole."""
     if len(contexts) == 1:
@@ -162,10 +120,29 @@ def split(array, contexts):
     return gluon.utils.split_data(array, len(contexts), even_split=False)
 
 
-def predict_proba(net, images, contexts, batch_size=500):
-    """Class probabilities (n, K) for uint8 images, in batches; rows sum to 1."""
+def decayed(name):
+    """Whether weight decay applies to a parameter: the release trains with MXNet's Module API,
+    whose optimizer (Optimizer.set_wd_mult, mxnet 0.x to 1.9.1) decays only names ending in
+    _weight or _gamma: convolution and dense weights and BatchNorm scales, not BatchNorm shifts
+    or the dense bias. A Gluon Trainer would decay every parameter."""
+    return name.endswith(("_weight", "_gamma"))
+
+
+def nag(net, lr, schedule=None, wd=1e-4):
+    """The release's optimizer: NAG, momentum 0.9, weight decay on the `decayed` parameters only."""
+    params = net.collect_params()
+    for name, param in params.items():
+        param.wd_mult = 1.0 if decayed(name) else 0.0
+    options = {"learning_rate": lr, "momentum": 0.9, "wd": wd}
+    return gluon.Trainer(params, "nag", options if schedule is None else dict(options, lr_scheduler=schedule))
+
+
+def predict_proba(net, images, contexts, batch_size=500, pad=0, rng=None):
+    """Class probabilities (n, K) for uint8 images, in batches; rows sum to 1. With pad > 0 each
+    image is augmented once first (the release predicts the training items through its training
+    iterator: randomly cropped and mirrored)."""
     out = []
-    for x, _ in batches(images, None, batch_size, None, train=False):
+    for x, _ in batches(images, None, batch_size, rng, pad=pad):
         parts = [net(mx.nd.array(part, ctx=ctx)) for part, ctx in zip(split(x, contexts), contexts, strict=True)]
         out.extend(np.exp(p.asnumpy().astype(np.float64)) for p in parts)
     probs = np.concatenate(out)
@@ -177,15 +154,18 @@ def accuracy(net, images, labels, contexts, batch_size=500):
 
 
 def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
-          select_epoch="last", val=None, test=None, pad=4, progress=True, desc="train", contexts=None):
-    """Train the release's ResNet on soft targets (n x K rows summing to 1).
+          select_epoch="last", val=None, test=None, pad=4, shuffle=True, progress=True, desc="train", contexts=None):
+    """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image
+    that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
 
     select_epoch: 'last' keeps the final weights; 'val' the epoch with the best accuracy on
     `val` = (images, labels); 'test' the best on `test` = (images, labels), the release's
     behaviour, which peeks at test labels and so reports an optimistic figure. `pad` is the
-    augmentation's padding (0: no augmentation).
+    augmentation's padding (0: no augmentation); shuffle=False keeps one batch order for every
+    epoch (the release). Only full batches are trained on.
     Returns (net, history): history is one dict per epoch with loss, train_acc (against the
-    argmax of the targets), val_acc/test_acc when given, img_per_s, seconds.
+    argmax of the targets, over the rows that have one), val_acc/test_acc when given, updates
+    (optimizer steps so far), img_per_s, seconds.
     """
     contexts = contexts or parse_gpus(gpus)  # explicit contexts: tests run the multi-device path on CPUs
     batch_size = min(batch_size, len(images))
@@ -197,8 +177,7 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
     steps = len(images) // batch_size
     schedule = mx.lr_scheduler.MultiFactorScheduler(
         step=[max(1, steps * epochs * 2 // 3), max(2, steps * epochs * 5 // 6)], factor=0.1, base_lr=lr)
-    trainer = gluon.Trainer(net.collect_params(), "nag", {
-        "learning_rate": lr, "momentum": 0.9, "wd": 1e-4, "lr_scheduler": schedule})
+    trainer = nag(net, lr, schedule)
     monitor = {"val": val, "test": test}
     if select_epoch != "last" and monitor.get(select_epoch) is None:
         raise ValueError(f"select_epoch={select_epoch!r} needs {select_epoch} images and labels")
@@ -207,8 +186,9 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
         start = time.perf_counter()
         loss_sum = [mx.nd.zeros(1, ctx=c) for c in contexts]
         correct = [mx.nd.zeros(1, ctx=c) for c in contexts]
-        bar = tqdm(batches(images, targets, batch_size, rng, train=True, pad=pad), total=steps, disable=not progress,
-                   desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, unit="batch")
+        counted = [mx.nd.zeros(1, ctx=c) for c in contexts]
+        bar = tqdm(batches(images, targets, batch_size, rng, shuffle=shuffle, pad=pad, drop_last=True), total=steps,
+                   disable=not progress, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, unit="batch")
         for x, q in bar:
             xs = [mx.nd.array(p, ctx=c) for p, c in zip(split(x, contexts), contexts, strict=True)]
             qs = [mx.nd.array(p, ctx=c) for p, c in zip(split(q, contexts), contexts, strict=True)]
@@ -217,13 +197,15 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
             autograd.backward([loss for loss, _ in outs])
             trainer.step(batch_size)
             for i, ((loss, log_probs), qi) in enumerate(zip(outs, qs, strict=True)):
+                has_target = qi.sum(axis=1) > 0
                 loss_sum[i] += loss.sum()
-                correct[i] += (log_probs.argmax(axis=1) == qi.argmax(axis=1)).sum()
-        seen = steps * batch_size
-        record = {"epoch": epoch + 1, "loss": sum(float(s.asscalar()) for s in loss_sum) / seen,
-                  "train_acc": sum(float(c.asscalar()) for c in correct) / seen}
+                correct[i] += ((log_probs.argmax(axis=1) == qi.argmax(axis=1)) * has_target).sum()
+                counted[i] += has_target.sum()
+        seen = sum(float(c.asscalar()) for c in counted)
+        record = {"epoch": epoch + 1, "loss": sum(float(s.asscalar()) for s in loss_sum) / max(seen, 1.0),
+                  "train_acc": sum(float(c.asscalar()) for c in correct) / max(seen, 1.0)}
         seconds = time.perf_counter() - start  # after the reads above, which wait for the last step
-        record.update(img_per_s=seen / seconds, seconds=seconds)
+        record.update(updates=trainer.optimizer.num_update, img_per_s=steps * batch_size / seconds, seconds=seconds)
         for name, data in monitor.items():
             if data is not None:
                 record[f"{name}_acc"] = accuracy(net, data[0], data[1], contexts)

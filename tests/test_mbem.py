@@ -131,3 +131,78 @@ def test_top_k_error():
     probs = np.array([[0.1, 0.5, 0.4], [0.6, 0.3, 0.1]])
     assert MBEM.top_k_error(probs, np.array([2, 0]), 1) == 0.5
     assert MBEM.top_k_error(probs, np.array([2, 0]), 2) == 0.0
+
+
+def test_torch_backend_end_to_end(tmp_path):
+    """The smoke preset on the torch backend: every cell, the backend and precision recorded."""
+    out = tmp_path / "torch"
+    result = run("--preset", "smoke", "--backend", "torch", "--no-compile", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["cells"]) == 2 * len(MBEM.ALGORITHMS)
+    assert {(c["backend"], c["precision"]) for c in results["cells"]} == {("torch", "fp32")}
+    assert results["versions"]["torch"].startswith("2.") and results["machine"]["cores"] >= 1
+    error = {(c["redundancy"], c["algorithm"]): c["test_error"] for c in results["cells"]}
+    assert error[1, "clean"] < 0.5 and error[1, "mv"] == error[1, "wmv"]
+
+
+def test_release_loop_settings_run_and_are_recorded(tmp_path):
+    """--epoch-images all, --no-shuffle and --predict-augmented on both backends: the run's
+    epochs then count every training image, and the settings land in results.json."""
+    for backend in ("torch", "mxnet"):
+        out = tmp_path / backend
+        result = run("--preset", "smoke", "--backend", backend, "--no-compile", "--algorithms", "wmv,mbem",
+                     "--redundancy", "1", "--budget", "300", "--epochs", "2", "--epoch-images", "all", "--no-shuffle",
+                     "--predict-augmented", "--out", out)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results = json.loads((out / "results.json").read_text())
+        config = results["config"]
+        assert (config["epoch_images"], config["shuffle"], config["predict_augmented"]) == ("all", False, True)
+        assert [c["algorithm"] for c in results["cells"]] == ["wmv", "mbem"]
+        assert os.path.exists(out / "bootstrap" / "wmv-seed0-r1-n300.npz")
+
+
+def test_presets_choose_the_release_loop_only_for_paper():
+    _, _, paper = MBEM.parse_args([])
+    assert (paper.epoch_images, paper.shuffle, paper.predict_augmented) == ("all", False, True)
+    for preset in ("cpu", "cpu-mxnet", "smoke", "demo"):
+        _, _, config = MBEM.parse_args(["--preset", preset])
+        assert (config.epoch_images, config.shuffle, config.predict_augmented) == ("labelled", True, False)
+    _, _, cpu = MBEM.parse_args(["--preset", "cpu"])
+    assert (cpu.backend, cpu.precision, cpu.depth, cpu.budget, cpu.epochs) == ("torch", "auto", 20, 50000, 10)
+    assert cpu.resolved_plan() == [[1, 50000], [3, 16666], [5, 10000]]
+
+
+def test_torch_backend_without_torch_says_how_to_install(tmp_path):
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named torch (simulated)')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
+    result = subprocess.run([sys.executable, SCRIPT, "--preset", "smoke", "--backend", "torch", "--out",
+                             tmp_path / "x"], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "needs PyTorch" in result.stderr and "pip install torch" in result.stderr
+
+
+def test_mxnet_refuses_bf16(tmp_path):
+    result = run("--preset", "smoke", "--precision", "bf16", "--out", tmp_path / "x")
+    assert result.returncode == 2 and "is for --backend torch" in result.stderr
+
+
+def test_data_parallel_with_torchrun_on_two_cpu_processes(tmp_path):
+    """DistributedDataParallel exercised on this CPU: torchrun, 2 processes, gloo. Only rank 0
+    writes, and the results have the form of a one-process run."""
+    out = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             SCRIPT, "--preset", "smoke", "--backend", "torch", "--no-compile", "--algorithms",
+                             "mv,wmv,mbem", "--out", out], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [(c["redundancy"], c["algorithm"]) for c in results["cells"]] == [
+        (1, "mv"), (1, "wmv"), (1, "mbem"), (3, "mv"), (3, "wmv"), (3, "mbem")]
+    assert result.stdout.count("cells to run") == 1 and result.stdout.count("seed 0 r 1 n 600 mv:") == 1
+    for cell in results["cells"]:
+        assert 0 <= cell["test_error"] <= 1 and set(CSV_KEYS) <= set(cell)
+
+
+CSV_KEYS = ["redundancy", "n", "algorithm", "seed", "test_error", "label_accuracy", "epochs", "backend", "precision"]

@@ -1,0 +1,300 @@
+"""The release's pre-activation ResNet in PyTorch, trained exactly as resnet.py trains it in MXNet
+(the same public face: parse_gpus, train, predict_proba, accuracy), plus bf16 and compilation.
+
+Network, loss and training are resnet.py's, in MXNet's conventions where PyTorch's differ:
+- BatchNorm eps 2e-5; MXNet's momentum 0.9 (the share kept of the running value) is PyTorch's
+  momentum 0.1 (the share taken from the batch);
+- the input BatchNorm has a fixed scale of 1 and a learnable shift (MXNet's fix_gamma=True);
+- Xavier init: gaussian, std sqrt(2 / fan_in), for convolution and dense weights; zero bias;
+- NAG: MXNet's `state = 0.9 state + g + wd w; w -= lr (g + wd w + 0.9 state)` is PyTorch's SGD
+  with nesterov=True (its first step sets the buffer to the gradient, as MXNet's zero state does);
+- weight decay 1e-4 on weights only: convolution and dense weights and BatchNorm scales, as the
+  release's MXNet optimizer decays names ending in _weight or _gamma (resnet.decayed);
+- the learning rate falls x0.1 after 2/3 and 5/6 of the updates, counted in steps as MXNet's
+  MultiFactorScheduler counts them.
+Tests check one training step against MXNet from equal weights.
+
+Speed (bench/bench_train.py measures each):
+- bf16 autocast (--precision bf16): convolutions run on this CPU's AMX units; the loss and
+  softmax stay fp32;
+- channels-last memory: oneDNN's native layout, no transposes around every convolution;
+- torch.compile (inductor) fuses BatchNorm, ReLU and the additions into few kernels; one
+  batch shape in training (only full batches) and one in evaluation (the last batch is padded)
+  so it compiles twice per model, not per shape;
+- the numpy pipeline (pipeline.py) prepares the next batch in a background thread.
+
+Several GPUs: one process per GPU under torchrun, DistributedDataParallel (MBEM.py starts the
+process group). Every process draws the same global batch and trains on its slice of it, so the
+run is the single-process one with the batch split across devices.
+"""
+
+import copy
+import os
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F  # noqa: N812 (the universal spelling)
+from torch import nn
+from tqdm import tqdm
+
+from pipeline import batches, gpu_ids
+
+BN = {"eps": 2e-5, "momentum": 0.1}  # MXNet's BatchNorm(eps=2e-5, momentum=0.9)
+
+
+def parse_gpus(gpus):
+    """None or '' -> [cpu]; '0' or '0,1' -> those CUDA devices. Raises ValueError on anything else."""
+    ids = gpu_ids(gpus)
+    return [torch.device("cuda", i) for i in ids] if ids else [torch.device("cpu")]
+
+
+def native_bf16(device):
+    """Whether `device` computes bf16 natively: a CUDA GPU that supports it, or a CPU whose oneDNN
+    reports bf16 (AVX512-BF16 or AMX). Elsewhere bf16 is emulated, many times slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
+
+
+def resolve_precision(precision, gpus=None):
+    """'fp32' or 'bf16' for --precision fp32/bf16/auto on the first of --gpus (auto: bf16 where native)."""
+    device = parse_gpus(gpus)[0]
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and not native_bf16(device):
+        raise ValueError(f"--precision bf16: {device} has no native bf16 (this CPU: {cpu_capability()}; bf16 needs "
+                         "AVX512-BF16 or AMX, or a CUDA GPU) and would run many times slower; use fp32 or auto")
+    return precision
+
+
+def cpu_capability():
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def distributed():
+    """(rank, world size): (0, 1) unless a torchrun process group is up."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def this_device(devices):
+    """The device of this process: the only one, or under torchrun the local rank's GPU."""
+    rank, world = distributed()
+    if world == 1 and len(devices) > 1:
+        raise ValueError(f"several GPUs on the torch backend run one process each: torchrun --nproc_per_node "
+                         f"{len(devices)} MBEM.py ... --gpus {','.join(str(d.index) for d in devices)}")
+    if world > 1 and devices[0].type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        if len(devices) != world:
+            raise ValueError(f"--gpus names {len(devices)} GPUs but torchrun started {world} processes")
+        return devices[local]
+    return devices[0]
+
+
+class Unit(nn.Module):
+    """Pre-activation basic unit: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the shortcut. The
+    projection (1x1, strided) reads the pre-activated input, as the release does."""
+
+    def __init__(self, in_channels, channels, stride, project):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(in_channels, **BN), nn.BatchNorm2d(channels, **BN)
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.project = nn.Conv2d(in_channels, channels, 1, stride, bias=False) if project else None
+
+    def forward(self, x):
+        act = F.relu(self.bn1(x))
+        shortcut = self.project(act) if self.project is not None else x
+        return self.conv2(F.relu(self.bn2(self.conv1(act)))) + shortcut
+
+
+class ResNet(nn.Module):
+    """Pre-activation ResNet of depth 6n + 2 returning logits (batch x classes)."""
+
+    def __init__(self, depth, classes, in_channels=3, filters=(16, 32, 64)):
+        super().__init__()
+        if (depth - 2) % 6 or depth < 8:
+            raise ValueError(f"depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), not {depth}")
+        units = (depth - 2) // 6
+        self.bn_data = nn.BatchNorm2d(in_channels, **BN)
+        self.bn_data.weight.requires_grad_(False)  # fixed scale 1, learnable shift (the release's fix_gamma)
+        layers = [nn.Conv2d(in_channels, filters[0], 3, 1, 1, bias=False)]
+        channels = filters[0]
+        for stage, width in enumerate(filters):
+            for unit in range(units):
+                layers.append(Unit(channels, width, 2 if stage and not unit else 1, project=unit == 0))
+                channels = width
+        self.features = nn.Sequential(*layers, nn.BatchNorm2d(channels, **BN), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.output = nn.Linear(channels, classes)
+
+    def forward(self, x):
+        return self.output(self.features(self.bn_data(x)))
+
+
+def xavier_(net):
+    """The release's init: weights ~ N(0, 2 / fan_in) (MXNet Xavier, gaussian, 'in', magnitude 2)."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            fan_in = module.weight[0].numel()
+            nn.init.normal_(module.weight, 0.0, (2.0 / fan_in) ** 0.5)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def decayed(name):
+    """Weight decay on weights only: convolution and dense weights and BatchNorm scales (MXNet's
+    _weight and _gamma), not BatchNorm shifts or the dense bias (resnet.decayed)."""
+    return name.endswith("weight")
+
+
+@dataclass
+class Model:
+    """A trained network and how to run it: `forward` is the module or its compiled form."""
+
+    net: nn.Module
+    forward: object
+    device: torch.device
+    precision: str
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def tensor(self, x):
+        return torch.from_numpy(x).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
+def build(depth, classes, device, seed, precision="fp32", compile=False, in_channels=3):
+    """A fresh ResNet with the release's init, channels-last on `device`, compiled if asked."""
+    torch.manual_seed(seed)
+    net = ResNet(depth, classes, in_channels)
+    xavier_(net)
+    net = net.to(device, memory_format=torch.channels_last)
+    forward = net
+    if compile:
+        try:
+            forward = torch.compile(net, dynamic=False)
+        except Exception as err:  # noqa: BLE001 (any failure to compile falls back to eager, once, loudly)
+            warnings.warn(f"torch.compile is unavailable here ({err}); running eagerly", stacklevel=2)
+    return Model(net, forward, device, precision)
+
+
+def predict_proba(model, images, devices=None, batch_size=500, pad=0, rng=None):
+    """Class probabilities (n, K) for uint8 images, in batches; rows sum to 1. With pad > 0 each
+    image is augmented once first (the release predicts through its training iterator). The last
+    batch is padded to full size so a compiled network sees one shape."""
+    model.net.eval()
+    out = []
+    with torch.no_grad(), model.autocast():
+        for x, _ in batches(images, None, batch_size, rng, pad=pad):
+            short = len(x)
+            if short < batch_size and len(images) >= batch_size:
+                x = np.concatenate([x, np.zeros((batch_size - short, *x.shape[1:]), np.float32)])
+            logits = model.forward(model.tensor(x))[:short]
+            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64))
+    probs = np.concatenate(out)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def accuracy(model, images, labels, devices=None, batch_size=500):
+    return float((predict_proba(model, images, devices, batch_size).argmax(axis=1) == labels).mean())
+
+
+def soft_target_loss(logits, targets):
+    """Per-item loss -sum_k q_k log p_k and the log-probabilities, in fp32 whatever the logits."""
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    return -(targets * log_probs).sum(dim=1), log_probs
+
+
+def nag(net, lr, wd=1e-4):
+    """The release's optimizer: NAG, momentum 0.9, weight decay on the `decayed` parameters only."""
+    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    return torch.optim.SGD([{"params": [p for n, p in named if decayed(n)], "weight_decay": wd},
+                            {"params": [p for n, p in named if not decayed(n)], "weight_decay": 0.0}],
+                           lr=lr, momentum=0.9, nesterov=True)
+
+
+def learning_rate(base, step, milestones):
+    """MXNet's MultiFactorScheduler: x0.1 for every milestone the update count has passed."""
+    return base * 0.1 ** sum(step > m for m in milestones)
+
+
+def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
+          select_epoch="last", val=None, test=None, pad=4, shuffle=True, precision="fp32", compile=False,
+          progress=True, desc="train", devices=None):
+    """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image
+    that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
+    The arguments are resnet.train's, plus precision ('fp32' or 'bf16') and compile.
+    Returns (model, history), history as resnet.train's."""
+    device = this_device(devices or parse_gpus(gpus))
+    rank, world = distributed()
+    batch_size = min(batch_size, len(images))
+    if batch_size % world:
+        raise ValueError(f"batch size {batch_size} does not split evenly over {world} processes")
+    lr = 0.5 * batch_size / 500 if lr is None else lr
+    rng = np.random.default_rng(seed)
+    model = build(depth, classes, device, seed, precision, compile, images.shape[1])
+    net = model.net
+    trained = net if world == 1 else nn.parallel.DistributedDataParallel(net, device_ids=None if device.type == "cpu"
+                                                                         else [device])
+    step_fn = model.forward if world == 1 else trained  # DDP runs the eager module (compiled DDP is a later step)
+    optimizer = nag(net, lr)
+    steps = len(images) // batch_size
+    milestones = (max(1, steps * epochs * 2 // 3), max(2, steps * epochs * 5 // 6))
+    monitor = {"val": val, "test": test}
+    if select_epoch != "last" and monitor.get(select_epoch) is None:
+        raise ValueError(f"select_epoch={select_epoch!r} needs {select_epoch} images and labels")
+    local = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
+    history, best, best_state, update = [], -1.0, None, 0
+    for epoch in range(epochs):
+        net.train()
+        start = time.perf_counter()
+        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, rows with a target
+        bar = tqdm(batches(images, targets, batch_size, rng, shuffle=shuffle, pad=pad, drop_last=True), total=steps,
+                   disable=not progress or rank, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, unit="batch")
+        for x, q in bar:
+            update += 1
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(lr, update, milestones)
+            x, q = model.tensor(x[local]), torch.from_numpy(q[local]).to(device)
+            with model.autocast():
+                logits = step_fn(x)
+            per_item, log_probs = soft_target_loss(logits, q)
+            optimizer.zero_grad(set_to_none=True)
+            per_item.mean().backward()
+            optimizer.step()
+            with torch.no_grad():
+                has_target = q.sum(dim=1) > 0
+                totals += torch.stack([per_item.sum(), ((log_probs.argmax(1) == q.argmax(1)) & has_target).sum(),
+                                       has_target.sum()]).double()
+        if world > 1:
+            dist.all_reduce(totals)
+        seconds = time.perf_counter() - start
+        loss_sum, correct, seen = totals.tolist()  # the epoch's one sync
+        record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1.0), "train_acc": correct / max(seen, 1.0),
+                  "updates": update, "img_per_s": steps * batch_size / seconds, "seconds": seconds}
+        if world > 1:  # one set of BatchNorm statistics for evaluation: rank 0's
+            for buffer in net.buffers():
+                dist.broadcast(buffer, 0)
+        for name, data in monitor.items():
+            if data is not None:
+                record[f"{name}_acc"] = accuracy(model, data[0], data[1])
+        history.append(record)
+        if progress and not rank:
+            extra = "".join(f" {k} {record[k]:.3f}" for k in ("val_acc", "test_acc") if k in record)
+            tqdm.write(f"{desc} epoch {epoch + 1}/{epochs} loss {record['loss']:.3f} "
+                       f"train_acc {record['train_acc']:.3f}{extra} {record['img_per_s']:.0f} img/s")
+        if select_epoch != "last" and record[f"{select_epoch}_acc"] > best:
+            best, best_state = record[f"{select_epoch}_acc"], copy.deepcopy(net.state_dict())
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    if world > 1:
+        for buffer in net.buffers():
+            dist.broadcast(buffer, 0)
+    return model, history
