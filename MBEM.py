@@ -354,7 +354,7 @@ class Experiment:
                   "test_error": top_k_error(test_probs, ds.test_labels, 1),
                   "val_error": selected_val_error(history, c.select_epoch),
                   "label_accuracy": float((targets.argmax(axis=1) == truth).mean()),
-                  "worker_accuracy_mae": worker_mae(ann, confusions, workers),
+                  **worker_fields(ann, confusions, agg.worker_accuracy(workers)),
                   "epochs": len(history), "backend": c.backend, "precision": self.precision,
                   "wall_seconds": time.perf_counter() - start,
                   "train_img_per_s": float(np.mean([h["img_per_s"] for h in history]))}
@@ -400,13 +400,20 @@ def selected_val_error(history, select_epoch):
     return 1 - (max(h["val_acc"] for h in final) if select_epoch == "val" else final[-1]["val_acc"])
 
 
-def worker_mae(ann, confusions, true_confusions):
-    """Mean |estimated - true| per-worker accuracy over the workers who gave at least one label."""
+def worker_fields(ann, confusions, true_accuracy):
+    """Per-worker accuracy (the mean of the confusion diagonal), estimated and true, for the workers
+    who gave a label (None for the others), and the mean absolute error between them; all None
+    for an algorithm without confusions."""
     if confusions is None:
-        return None
+        return {"worker_accuracy_mae": None}
     active = np.bincount(ann.workers, minlength=ann.m) > 0
-    error = np.abs(agg.worker_accuracy(confusions) - agg.worker_accuracy(true_confusions))
-    return float(error[active].mean())
+    estimated = agg.worker_accuracy(confusions)
+
+    def listed(values):
+        return [round(float(v), 5) if a else None for v, a in zip(values, active, strict=True)]
+
+    return {"worker_accuracy_mae": float(np.abs(estimated - true_accuracy)[active].mean()),
+            "worker_accuracy": listed(estimated), "worker_accuracy_true": listed(true_accuracy)}
 
 
 # ----------------------------------------------------------------------------- results on disk

@@ -1,14 +1,18 @@
-"""Training and inference speed of the release's ResNet on this CPU: this project's trainer
-(resnet.train) against a plain hybridized Gluon loop of the same network, in the same run.
+"""Training and inference speed of the release's ResNet on this machine, every trainer in the
+same run, each variant in its own child process (its peak memory is its own):
 
-The plain loop is the way most MXNet code is written: NAG, the soft-target loss, the same
-augmentation done inline, a fresh nd.array per batch, trainer.step every step, a default
-hybridize(), and mxnet's default thread count. Each variant runs in its own child process
-(its peak memory is its own); a third, plain+threads, is the plain loop with our thread setting.
+- mxnet: this project's MXNet trainer (resnet.train);
+- plain-gluon: the way most MXNet code is written (NAG, the soft-target loss, the same
+  augmentation inline, a fresh nd.array per batch, a default hybridize(), mxnet's default
+  threads), and plain+threads, the same given our thread setting (batch 128 only);
+- torch fp32, torch fp32 compiled, torch bf16, torch bf16 compiled: resnet_torch.train. bf16
+  rows run only where the CPU computes bf16 natively (AVX512-BF16 or AMX): elsewhere it is
+  emulated, many times slower than fp32, and the presets' `--precision auto` does not choose it.
 
     python bench/bench_train.py [--depth 20] [--batches 128,500] [--images 5000] [--epochs 2]
 
-The last line reads: train img/s: <ours> plain-gluon img/s: <plain> ratio: <ours/plain> (batch 128).
+The last line reads `train img/s mxnet: <A> torch: <B> ratio: <B/A>` at batch 128, where torch
+is the configuration the `cpu` preset uses here (precision auto, compiled).
 """
 
 import argparse
@@ -42,11 +46,26 @@ def ours(args):
     return history[-1]["img_per_s"], len(images) / (time.perf_counter() - start)
 
 
+def torch_variant(args):
+    import numpy as np
+
+    import resnet_torch
+
+    images, targets = synthetic(args.images, np.random.default_rng(0))
+    model, history = resnet_torch.train(images, targets, 10, depth=args.depth, epochs=args.epochs,
+                                        batch_size=args.batch, precision=args.precision, compile=args.compile,
+                                        progress=False)
+    start = time.perf_counter()
+    resnet_torch.predict_proba(model, images, batch_size=args.batch)
+    return history[-1]["img_per_s"], len(images) / (time.perf_counter() - start)
+
+
 def plain(args):
     import mxnet as mx  # first: mxnet's default threading, as plain code gets it
     import numpy as np
     from mxnet import autograd, gluon
 
+    import pipeline
     import resnet
 
     rng = np.random.default_rng(0)
@@ -62,7 +81,7 @@ def plain(args):
         start = time.perf_counter()
         for step in range(steps):
             idx = order[step * args.batch:(step + 1) * args.batch]
-            x = mx.nd.array(resnet.augment(images[idx], rng).astype(np.float32))
+            x = mx.nd.array(pipeline.augment(images[idx], rng).astype(np.float32))
             q = mx.nd.array(targets[idx])
             with autograd.record():
                 loss = -(q * net(x)).sum(axis=1)
@@ -76,26 +95,32 @@ def plain(args):
     return train_speed, len(images) / (time.perf_counter() - start)
 
 
-def print_augmentation_speed(batch=128, repeats=50):
-    """The augmentation runs in a background thread; it must outpace training by a wide margin."""
+def print_pipeline_speed(batch=128, images=20000):
+    """The input pipeline runs in a background thread; it must outpace training by a wide margin.
+    Timed: augmentation alone, and the whole iterator (shuffle, augment, float32, queue) drained."""
     import numpy as np
 
-    import resnet
+    import pipeline
 
     rng = np.random.default_rng(0)
-    images, _ = synthetic(batch, rng)
+    data, targets = synthetic(images, rng)
     start = time.perf_counter()
-    for _ in range(repeats):
-        resnet.augment(images, rng).astype(np.float32)
-    speed = batch * repeats / (time.perf_counter() - start)
-    print(f"augmentation (pad 4, crop, mirror, to float32): {speed:.0f} img/s on one core")
+    for b in range(0, images, batch):
+        pipeline.augment(data[b:b + batch], rng)
+    augment = images / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in pipeline.batches(data, targets, batch, rng, shuffle=True, pad=4, drop_last=True):
+        pass
+    whole = images / (time.perf_counter() - start)
+    print(f"input pipeline, batch {batch}: augmentation {augment:.0f} img/s, whole iterator {whole:.0f} img/s")
 
 
-def child(variant, batch, args, threads=None):
+def child(variant, batch, args, threads=None, precision="fp32", compile=False):
     """Run one variant in a fresh process; its img/s and its own peak RSS (os.wait4).
     threads=None leaves OMP_NUM_THREADS unset, so mxnet picks its default."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--batch", str(batch),
-           "--depth", str(args.depth), "--images", str(args.images), "--epochs", str(args.epochs)]
+           "--depth", str(args.depth), "--images", str(args.images), "--epochs", str(args.epochs),
+           "--precision", precision, "--compile" if compile else "--no-compile"]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -114,29 +139,41 @@ def main():
     parser.add_argument("--batches", default="128,500", help="comma-separated batch sizes")
     parser.add_argument("--images", type=int, default=5000, help="synthetic 32 x 32 images per epoch")
     parser.add_argument("--epochs", type=int, default=2, help="the last epoch is timed (the first warms up)")
-    parser.add_argument("--child", choices=["ours", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["ours", "plain", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=128, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps((ours if args.child == "ours" else plain)(args)))
+        print(json.dumps({"ours": ours, "plain": plain, "torch": torch_variant}[args.child](args)))
         return
+    import resnet_torch
+
     batches = [int(b) for b in args.batches.split(",")]
-    print_augmentation_speed()
-    speeds = {}
-    print(f"ResNet-{args.depth}, CPU, {args.images} synthetic images, epoch {args.epochs} of {args.epochs} timed")
-    # "plain+threads" is the plain loop given our thread setting: it shows how much of the gain
-    # is that one setting and how much the rest of the trainer.
-    variants = (("ours", "ours", None), ("plain", "plain", None), ("plain+threads", "plain", os.cpu_count()))
-    for batch in batches:
-        for name, variant, threads in variants:
-            train_speed, infer_speed, peak = child(variant, batch, args, threads)
-            speeds[name, batch] = train_speed
-            print(f"batch {batch:4d} {name:13s} train img/s {train_speed:7.1f}  inference img/s {infer_speed:7.1f}  "
-                  f"peak RSS MB {peak:6.0f}", flush=True)
     ref = 128 if 128 in batches else batches[0]
-    print(f"ratio against plain+threads: {speeds['ours', ref] / speeds['plain+threads', ref]:.2f} (batch {ref})")
-    print(f"train img/s: {speeds['ours', ref]:.1f} plain-gluon img/s: {speeds['plain', ref]:.1f} "
-          f"ratio: {speeds['ours', ref] / speeds['plain', ref]:.2f}")
+    print_pipeline_speed(ref)
+    native = resnet_torch.native_bf16(resnet_torch.parse_gpus(None)[0])
+    preset = resnet_torch.resolve_precision("auto")  # what `--preset cpu` trains in on this machine
+    print(f"ResNet-{args.depth}, {resnet_torch.cpu_capability()} CPU ({os.cpu_count()} cores), {args.images} "
+          f"synthetic images, epoch {args.epochs} of {args.epochs} timed; native bf16: {'yes' if native else 'no'}")
+    variants = [("mxnet", "ours", {}), ("plain-gluon", "plain", {}), ("plain+threads", "plain",
+                                                                      {"threads": os.cpu_count()})]
+    variants += [(f"torch {p}{' compiled' if c else ''}", "torch", {"precision": p, "compile": c})
+                 for p in ("fp32", "bf16") for c in (False, True) if p == "fp32" or native]
+    speeds = {}
+    for batch in batches:
+        for name, variant, options in variants:
+            if name.startswith("plain") and batch != ref:
+                continue
+            train_speed, infer_speed, peak = child(variant, batch, args, **options)
+            speeds[name, batch] = train_speed
+            print(f"batch {batch:4d} {name:21s} train img/s {train_speed:7.1f}  inference img/s {infer_speed:7.1f}  "
+                  f"peak RSS MB {peak:6.0f}", flush=True)
+    print(f"mxnet against plain-gluon: {speeds['mxnet', ref] / speeds['plain-gluon', ref]:.2f} "
+          f"(against plain+threads: {speeds['mxnet', ref] / speeds['plain+threads', ref]:.2f}), batch {ref}")
+    torch_name = f"torch {preset} compiled"
+    print(f"train img/s mxnet: {speeds['mxnet', ref]:.1f} torch: {speeds[torch_name, ref]:.1f} "
+          f"ratio: {speeds[torch_name, ref] / speeds['mxnet', ref]:.2f}")
 
 
 if __name__ == "__main__":
