@@ -12,7 +12,6 @@ shuffle -> noise_sim labels -> aggregation targets -> resnet.train -> test error
 """
 
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ import numpy as np
 import aggregation as agg
 import dataset as data
 import noise_sim
+import report
 from pipeline import gpu_ids
 
 ALGORITHMS = ("mv", "wmv", "em", "mbem", "oracle", "clean")
@@ -454,7 +454,7 @@ def comparable(config):
     return {k: v for k, v in asdict(config).items() if k not in NOT_RESULTS}
 
 
-def load_results(config):
+def load_results(config, check_config=True):
     """The results so far under config.out; a different config there is an error, not a mix.
     A setting that a results.json predates counts as its default (the behaviour before it existed)."""
     path = os.path.join(config.out, "results.json")
@@ -468,6 +468,8 @@ def load_results(config):
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise RunError(f"{path} is not a results file of MBEM.py ({type(err).__name__}: {err}); "
                        "use another --out, or remove it if it is yours to delete") from err
+    if not check_config:
+        return results
     current = comparable(config)
     changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
     if changed:
@@ -475,70 +477,6 @@ def load_results(config):
                        "use another --out or remove it")
     results["config"] = asdict(config)
     return results
-
-
-CSV_COLUMNS = ["redundancy", "n", "algorithm", "seed", "test_error", "test_error_top5", "val_error",
-               "label_accuracy", "worker_accuracy_mae", "epochs", "wall_seconds", "train_img_per_s"]
-
-
-def write_table(results, out):
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp-")
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(results["cells"])
-    os.replace(tmp, os.path.join(out, "results.csv"))
-
-
-def summarise(cells, metric="test_error"):
-    """{algorithm: {redundancy: [metric over seeds]}} (cells without the metric are left out)."""
-    table = {}
-    for cell in cells:
-        if cell.get(metric) is not None:
-            table.setdefault(cell["algorithm"], {}).setdefault(cell["redundancy"], []).append(cell[metric])
-    return table
-
-
-def plot(results, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = {"mv": "majority vote", "wmv": "weighted MV", "em": "label-only EM", "mbem": "MBEM",
-             "oracle": "oracle confusions", "clean": "clean labels"}
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for algorithm, by_r in summarise(results["cells"]).items():
-        rs = sorted(by_r)
-        mean = np.array([np.mean(by_r[r]) for r in rs])
-        spread = np.array([np.std(by_r[r]) for r in rs])
-        ax.errorbar(rs, mean, yerr=spread, marker="o", capsize=3, label=names.get(algorithm, algorithm))
-    c = results["config"]
-    name = os.path.basename(c["source"]).split(".")[0] if c["dataset"] == "folder" else c["dataset"]
-    seeds = len(c["seeds"])
-    ax.set_xticks(sorted({cell["redundancy"] for cell in results["cells"]}))
-    ax.set_xlabel("redundancy r (labels per item), fixed budget")
-    ax.set_ylabel("test error (top-1)")
-    ax.set_title(f"{name}: {c['workers']} {c['worker_model']} workers, gamma {c['gamma']}\n"
-                 f"ResNet-{c['depth']}, {c['epochs']} epochs, {seeds} seed{'s' * (seeds > 1)} (mean and std)",
-                 fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "error_vs_redundancy.png"), dpi=120)
-    plt.close(fig)
-
-
-def print_table(results):
-    """Mean (and spread, over seeds) of test error, label accuracy and worker-accuracy error."""
-    for metric in ("test_error", "label_accuracy", "worker_accuracy_mae"):
-        table = summarise(results["cells"], metric)
-        rs = sorted({r for by_r in table.values() for r in by_r})
-        print(f"\n{metric}, mean +- std over seeds")
-        print(" " * 22 + "".join(f"r={r:<13}" for r in rs))
-        for algorithm, by_r in table.items():
-            print(f"{algorithm:<22}" + "".join(f"{np.mean(by_r[r]):.3f} +- {np.std(by_r[r]):.3f}  " if r in by_r
-                                                else " " * 15 for r in rs))
 
 
 # ----------------------------------------------------------------------------- main
@@ -549,11 +487,7 @@ def main(argv=None):
         path = os.path.join(config.out, "results.json")
         if not os.path.exists(path):
             parser.error(f"--plot-only: no {path}")
-        with open(path) as f:
-            results = json.load(f)
-        write_table(results, config.out)
-        plot(results, config.out)
-        print_table(results)
+        report.report(load_results(config, check_config=False), config.out)
         return 0
     check(parser, config)
     rank = join_processes(config)
@@ -583,9 +517,7 @@ def main(argv=None):
                     print(f"seed {seed} r {r} n {n} {algorithm}: test error {record['test_error']:.4f} label "
                           f"accuracy {record['label_accuracy']:.3f} ({record['wall_seconds']:.0f} s)", flush=True)
     if rank == 0:
-        write_table(results, config.out)
-        plot(results, config.out)
-        print_table(results)
+        report.report(results, config.out)
     return 0
 
 

@@ -1,0 +1,210 @@
+"""What a run of MBEM.py shows, from its results.json alone: the tables, the paired statistics,
+the figures and the files beside results.json.
+
+    results.csv               one row per cell
+    paired.csv                per redundancy: MBEM minus each baseline, seed by seed, with a 95% t-interval
+    error_vs_redundancy.png   test error against redundancy (the paper's figure)
+    worker_accuracy.png       estimated against true per-worker accuracy, at r = 1 and the largest r
+
+Seeds share their simulated workers and items across algorithms, so methods are compared seed
+by seed: the difference d_s = error(MBEM, s) - error(baseline, s) for each seed s, its mean,
+and the interval mean +- t_{0.975, S-1} sd(d) / sqrt(S) over the S seeds.
+"""
+
+import csv
+import math
+import os
+import tempfile
+
+import numpy as np
+from scipy import stats
+
+NAMES = {"mv": "majority vote", "wmv": "weighted MV", "em": "label-only EM", "mbem": "MBEM",
+         "oracle": "oracle confusions", "clean": "clean labels"}
+CSV_COLUMNS = ["redundancy", "n", "algorithm", "seed", "test_error", "test_error_top5", "val_error",
+               "label_accuracy", "worker_accuracy_mae", "epochs", "backend", "precision", "wall_seconds",
+               "train_img_per_s"]
+BASELINES = ("wmv", "mv", "em")  # MBEM is compared with each of these
+
+
+def summarise(cells, metric="test_error"):
+    """{algorithm: {redundancy: [metric over seeds]}} (cells without the metric are left out)."""
+    table = {}
+    for cell in cells:
+        if cell.get(metric) is not None:
+            table.setdefault(cell["algorithm"], {}).setdefault(cell["redundancy"], []).append(cell[metric])
+    return table
+
+
+def paired(cells, method="mbem", baseline="wmv", metric="test_error"):
+    """{redundancy: Paired} for every r where both were run on at least one common seed."""
+    value = {(c["algorithm"], c["redundancy"], c["seed"]): c[metric] for c in cells if c.get(metric) is not None}
+    out = {}
+    for r in sorted({c["redundancy"] for c in cells}):
+        seeds = sorted(s for (a, rr, s) in value if a == method and rr == r and (baseline, r, s) in value)
+        if seeds:
+            out[r] = difference(seeds, [value[method, r, s] - value[baseline, r, s] for s in seeds])
+    return out
+
+
+def difference(seeds, diffs):
+    """Mean of per-seed differences with a 95% t-interval (none from a single seed), and wins
+    (seeds where the difference is below zero: the method's error is lower)."""
+    diffs = np.asarray(diffs, dtype=float)
+    mean = float(diffs.mean())
+    if len(diffs) > 1:
+        half = float(stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs)))
+        low, high = mean - half, mean + half
+    else:
+        low = high = None
+    return {"seeds": list(seeds), "differences": diffs.tolist(), "mean": mean, "ci_low": low, "ci_high": high,
+            "wins": int((diffs < 0).sum())}
+
+
+def paired_rows(cells):
+    """Rows of paired.csv: MBEM against each baseline that was run, at each redundancy."""
+    algorithms = {c["algorithm"] for c in cells}
+    rows = []
+    for baseline in BASELINES:
+        if "mbem" not in algorithms or baseline not in algorithms:
+            continue
+        for r, d in paired(cells, "mbem", baseline).items():
+            rows.append({"redundancy": r, "comparison": f"mbem - {baseline}", "seeds": len(d["seeds"]),
+                         "differences": " ".join(f"{x:+.4f}" for x in d["differences"]), "mean": d["mean"],
+                         "ci_low": d["ci_low"], "ci_high": d["ci_high"], "mbem_wins": d["wins"]})
+    return rows
+
+
+def write_csv(path, rows, columns):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    with os.fdopen(fd, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def worker_points(cells, algorithm, r):
+    """(estimated, true) per-worker accuracies of one algorithm at redundancy r, pooled over seeds,
+    workers with no label left out."""
+    est, true = [], []
+    for cell in cells:
+        if cell["algorithm"] == algorithm and cell["redundancy"] == r and cell.get("worker_accuracy"):
+            pairs = [(e, t) for e, t in zip(cell["worker_accuracy"], cell["worker_accuracy_true"], strict=True)
+                     if e is not None and t is not None]
+            est += [e for e, _ in pairs]
+            true += [t for _, t in pairs]
+    return np.array(est), np.array(true)
+
+
+def title(config):
+    source = config.get("annotations") or config.get("source")
+    name = os.path.basename(source).split(".")[0] if source else config["dataset"]
+    seeds = len(config["seeds"])
+    workers = "real workers" if config.get("annotations") else \
+        f"{config['workers']} {config['worker_model']} workers, gamma {config['gamma']}"
+    return (f"{name}: {workers}\nResNet-{config['depth']}, {config['epochs']} epochs, "
+            f"{seeds} seed{'s' * (seeds > 1)}")
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_error(results, out):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    top5 = summarise(results["cells"], "test_error_top5")
+    for i, (algorithm, by_r) in enumerate(summarise(results["cells"]).items()):
+        rs = sorted(by_r)
+        color = f"C{i}"
+        ax.errorbar(rs, [np.mean(by_r[r]) for r in rs], yerr=[np.std(by_r[r]) for r in rs], marker="o", capsize=3,
+                    color=color, linestyle="--" if top5 else "-", label=NAMES.get(algorithm, algorithm))
+        if algorithm in top5:  # the paper's ImageNet figure: solid top-5, dashed top-1
+            ax.plot(rs, [np.mean(top5[algorithm][r]) for r in rs], marker="s", color=color)
+    ax.set_xticks(sorted({cell["redundancy"] for cell in results["cells"]}))
+    ax.set_xlabel("redundancy r (labels per item), fixed budget")
+    ax.set_ylabel("test error (top-1 dashed, top-5 solid)" if top5 else "test error (top-1)")
+    ax.set_title(title(results["config"]) + " (mean and std)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "error_vs_redundancy.png"), dpi=120)
+    plt.close(fig)
+
+
+def plot_worker_accuracy(results, out):
+    """One panel per estimator with confusions (WMV, EM, MBEM), a row each for r = 1 and the
+    largest r: estimated against true per-worker accuracy, the diagonal drawn."""
+    cells = results["cells"]
+    algorithms = [a for a in ("wmv", "em", "mbem") if any(c["algorithm"] == a and c.get("worker_accuracy")
+                                                             for c in cells)]
+    rs = sorted({c["redundancy"] for c in cells if c.get("worker_accuracy")})
+    if not algorithms or not rs:
+        return False
+    rows = sorted({rs[0], rs[-1]})
+    plt = pyplot()
+    fig, axes = plt.subplots(len(rows), len(algorithms), figsize=(3 * len(algorithms), 3 * len(rows)),
+                             squeeze=False, sharex=True, sharey=True)
+    for i, r in enumerate(rows):
+        for j, algorithm in enumerate(algorithms):
+            ax = axes[i][j]
+            est, true = worker_points(cells, algorithm, r)
+            ax.plot([0, 1], [0, 1], color="0.6", linewidth=1)
+            ax.scatter(true, est, s=8, alpha=0.5)
+            mae = np.abs(est - true).mean() if len(est) else float("nan")
+            ax.set_title(f"{NAMES[algorithm]}, r = {r}\nmean abs error {mae:.3f}", fontsize=8)
+            ax.set_xlim(-0.02, 1.02)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            if i == len(rows) - 1:
+                ax.set_xlabel("true accuracy" if not results["config"].get("annotations") else "empirical accuracy")
+            if j == 0:
+                ax.set_ylabel("estimated accuracy")
+    fig.suptitle(title(results["config"]).replace("\n", "; "), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "worker_accuracy.png"), dpi=120)
+    plt.close(fig)
+    return True
+
+
+def format_paired(rows):
+    lines = ["\npaired test-error differences, seed by seed (negative: MBEM lower)"]
+    for row in rows:
+        interval = "" if row["ci_low"] is None else f" 95% CI [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
+        lines.append(f"r={row['redundancy']:<3} {row['comparison']:<11} mean {row['mean']:+.4f}{interval} "
+                     f"MBEM won {row['mbem_wins']} of {row['seeds']} ({row['differences']})")
+    return "\n".join(lines)
+
+
+def format_table(results):
+    """Mean (and spread, over seeds) of test error, label accuracy and worker-accuracy error."""
+    lines = []
+    for metric in ("test_error", "test_error_top5", "label_accuracy", "worker_accuracy_mae"):
+        table = summarise(results["cells"], metric)
+        if not table:
+            continue
+        rs = sorted({r for by_r in table.values() for r in by_r})
+        lines += [f"\n{metric}, mean +- std over seeds", " " * 22 + "".join(f"r={r:<13}" for r in rs)]
+        for algorithm, by_r in table.items():
+            lines.append(f"{algorithm:<22}" + "".join(f"{np.mean(by_r[r]):.3f} +- {np.std(by_r[r]):.3f}  "
+                                                      if r in by_r else " " * 15 for r in rs))
+    return "\n".join(lines)
+
+
+def report(results, out):
+    """Write every file above from `results` and print the tables and paired differences."""
+    write_csv(os.path.join(out, "results.csv"), results["cells"], CSV_COLUMNS)
+    rows = paired_rows(results["cells"])
+    write_csv(os.path.join(out, "paired.csv"), rows, ["redundancy", "comparison", "seeds", "differences", "mean",
+                                                      "ci_low", "ci_high", "mbem_wins"])
+    plot_error(results, out)
+    plot_worker_accuracy(results, out)
+    print(format_table(results))
+    if rows:
+        print(format_paired(rows))

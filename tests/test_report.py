@@ -1,0 +1,62 @@
+"""report.py: paired statistics by hand, the worker-accuracy figure's data, the files it writes."""
+
+import csv
+import math
+
+import pytest
+
+import report
+
+
+def cell(algorithm, r, seed, error, **extra):
+    return dict({"algorithm": algorithm, "redundancy": r, "seed": seed, "n": 100 // r, "test_error": error}, **extra)
+
+
+CELLS = [cell("wmv", 1, s, e) for s, e in zip((0, 1, 2), (0.50, 0.40, 0.30), strict=True)] + \
+        [cell("mbem", 1, s, e) for s, e in zip((0, 1, 2), (0.40, 0.35, 0.33), strict=True)] + \
+        [cell("wmv", 3, 0, 0.6), cell("mbem", 3, 0, 0.55), cell("mbem", 3, 1, 0.5)]  # seed 1 has no WMV at r = 3
+
+
+def test_paired_differences_by_hand():
+    d = report.paired(CELLS, "mbem", "wmv")
+    # r = 1: differences -0.10, -0.05, +0.03; mean -0.04; sd sqrt((0.06^2 + 0.01^2 + 0.07^2) / 2) = sqrt(0.0043);
+    # t(0.975, 2 df) = 4.302653; half width 4.302653 * sqrt(0.0043) / sqrt(3) = 0.162896.
+    assert d[1]["differences"] == pytest.approx([-0.10, -0.05, 0.03])
+    assert d[1]["mean"] == pytest.approx(-0.04)
+    half = 4.302653 * math.sqrt(0.0043) / math.sqrt(3)
+    assert half == pytest.approx(0.162896, abs=1e-6)
+    assert d[1]["ci_low"] == pytest.approx(-0.04 - half, abs=1e-6)
+    assert d[1]["ci_high"] == pytest.approx(-0.04 + half, abs=1e-6)
+    assert d[1]["wins"] == 2
+    # r = 3: only seed 0 has both; one seed gives no interval
+    assert d[3]["seeds"] == [0] and d[3]["mean"] == pytest.approx(-0.05) and d[3]["ci_low"] is None
+
+
+def test_paired_rows_cover_each_baseline_that_ran():
+    rows = report.paired_rows(CELLS + [cell("mv", 1, 0, 0.45)])
+    assert [(r["redundancy"], r["comparison"], r["seeds"]) for r in rows] == [
+        (1, "mbem - wmv", 3), (3, "mbem - wmv", 1), (1, "mbem - mv", 1)]
+    assert rows[0]["differences"] == "-0.1000 -0.0500 +0.0300" and rows[0]["mbem_wins"] == 2
+
+
+def test_worker_points_pool_seeds_and_skip_workers_without_labels():
+    cells = [cell("mbem", 1, 0, 0.4, worker_accuracy=[0.9, None, 0.2], worker_accuracy_true=[1.0, None, 0.1]),
+             cell("mbem", 1, 1, 0.4, worker_accuracy=[0.5, 0.6], worker_accuracy_true=[0.4, 1.0]),
+             cell("em", 1, 0, 0.4, worker_accuracy=[0.7], worker_accuracy_true=[0.1])]
+    est, true = report.worker_points(cells, "mbem", 1)
+    assert est.tolist() == [0.9, 0.2, 0.5, 0.6] and true.tolist() == [1.0, 0.1, 0.4, 1.0]
+    assert report.worker_points(cells, "mbem", 3)[0].size == 0
+
+
+def test_report_writes_every_file(tmp_path, capsys):
+    cells = [dict(c, worker_accuracy=[0.5, 0.9], worker_accuracy_true=[0.1, 1.0]) for c in CELLS]
+    config = {"dataset": "digits", "source": None, "workers": 2, "worker_model": "hammer-spammer", "gamma": 0.2,
+              "depth": 8, "epochs": 1, "seeds": [0, 1, 2]}
+    report.report({"config": config, "cells": cells}, str(tmp_path))
+    for name in ("results.csv", "paired.csv", "error_vs_redundancy.png", "worker_accuracy.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "worker_accuracy.png").read_bytes().startswith(b"\x89PNG")
+    with open(tmp_path / "paired.csv") as f:
+        assert [row["comparison"] for row in csv.DictReader(f)] == ["mbem - wmv", "mbem - wmv"]
+    printed = capsys.readouterr().out
+    assert "MBEM won 2 of 3" in printed and "95% CI" in printed
