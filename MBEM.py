@@ -28,6 +28,7 @@ import aggregation as agg
 import dataset as data
 import noise_sim
 import report
+from cli import Parser, csv_list, number, output_problem
 from pipeline import gpu_ids
 
 ALGORITHMS = ("mv", "wmv", "em", "mbem", "oracle", "clean")
@@ -102,15 +103,6 @@ NOT_RESULTS = ("gpus", "out", "data_dir", "compile")
 
 # ----------------------------------------------------------------------------- command line
 
-def csv_list(kind):
-    def parse(text):
-        try:
-            return [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
-    return parse
-
-
 def parse_plan(text):
     try:
         plan = [[int(v) for v in pair.split(":")] for pair in text.split(",")]
@@ -122,7 +114,7 @@ def parse_plan(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), default="paper", help="base settings; the flags below override them")
     a("--dataset", choices=["cifar10", "folder", "digits"], help="cifar10 (downloaded), folder (--source), digits")
@@ -135,23 +127,24 @@ def parse_args(argv=None):
     a("--precision", choices=["fp32", "bf16", "auto"],
       help="torch: bf16 autocast (CUDA, or a CPU with native bf16), or auto: bf16 where native, else fp32")
     a("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch: torch.compile the network")
-    a("--workers", type=int, help="number of simulated workers m")
-    a("--gamma", type=float, help="probability that a worker (or a row, class-wise) is a hammer")
+    a("--workers", type=number(int, 1), help="number of simulated workers m")
+    a("--gamma", type=number(float, 0, 1), help="probability that a worker (or a row, class-wise) is a hammer")
     a("--worker-model", choices=sorted(noise_sim.WORKER_MODELS), help="simulated worker distribution")
-    a("--budget", type=int, help="total labels; with --redundancy, n = budget // r items")
-    a("--redundancy", type=csv_list(int), help="redundancies for the fixed-budget sweep, e.g. 1,3,5")
+    a("--budget", type=number(int, 1), help="total labels; with --redundancy, n = budget // r items")
+    a("--redundancy", type=csv_list(int, 1), help="redundancies for the fixed-budget sweep, e.g. 1,3,5")
     a("--plan", type=parse_plan, help="explicit (r, n) pairs, e.g. 13:4000,1:50000 (the release's by default)")
     a("--algorithms", type=csv_list(str), help=f"comma-separated, from {','.join(ALGORITHMS)}")
-    a("--rounds", type=int, help="MBEM rounds T (the release: 1)")
+    a("--rounds", type=number(int, 1), help="MBEM rounds T (the release: 1)")
     a("--two-stage", action=argparse.BooleanOptionalAction, default=None,
       help="retrain from scratch on the first model's hard predictions (the release does)")
     a("--class-prior", action=argparse.BooleanOptionalAction, default=None,
       help="use the class prior q in MBEM's E-step (the paper's Algorithm 1; the release has none)")
-    a("--depth", type=int, help="ResNet depth 6n + 2: 8, 14, 20, 32, 44, 56, 110 (the release: 20)")
-    a("--epochs", type=int, help="training epochs (learning rate x0.1 after 2/3 and 5/6 of them)")
-    a("--batch-size", type=int, help="batch size (learning rate scales linearly from 0.5 at 500)")
-    a("--lr", type=float, help="learning rate (default 0.5 * batch / 500)")
-    a("--augment-pad", type=int, help="augmentation: pad by this many pixels (fill 127), random crop, mirror; 0: off")
+    a("--depth", type=number(int, 8), help="ResNet depth 6n + 2: 8, 14, 20, 32, 44, 56, 110 (the release: 20)")
+    a("--epochs", type=number(int, 1), help="training epochs (learning rate x0.1 after 2/3 and 5/6 of them)")
+    a("--batch-size", type=number(int, 1), help="batch size (learning rate scales linearly from 0.5 at 500)")
+    a("--lr", type=number(float, 0, low_open=True), help="learning rate (default 0.5 * batch / 500)")
+    a("--augment-pad", type=number(int, 0),
+      help="augmentation: pad by this many pixels (fill 127), random crop, mirror; 0: off")
     a("--epoch-images", choices=["labelled", "all"],
       help="all: every epoch also passes the unlabelled training images, with zero targets (the release)")
     a("--shuffle", action=argparse.BooleanOptionalAction, default=None,
@@ -160,8 +153,8 @@ def parse_args(argv=None):
       help="predict the training items on randomly cropped and mirrored images (the release)")
     a("--select-epoch", choices=["last", "val", "test"],
       help="which epoch's model is tested: last, best on a validation split, or best on test (the release; optimistic)")
-    a("--val-size", type=int, help="validation images held out of the training pool for --select-epoch val")
-    a("--seeds", type=csv_list(int), help="comma-separated seeds, one full sweep each")
+    a("--val-size", type=number(int, 1), help="validation images held out of the training pool for --select-epoch val")
+    a("--seeds", type=csv_list(int, 0), help="comma-separated seeds, one full sweep each")
     a("--out", help="output folder (default results/<preset>)")
     a("--plot-only", action="store_true", help="redraw the figure and CSV from --out/results.json and exit")
     args = p.parse_args(argv)
@@ -183,13 +176,13 @@ def check(parser, config):
         parser.error("--redundancy needs --budget")
     if config.dataset == "folder" and not config.source:
         parser.error("--dataset folder needs --source PATH (a class-folder tree or a .tar.gz of one)")
+    if config.source and not os.path.exists(config.source):
+        parser.error(f"--source {config.source}: no such folder or archive")
     if (config.depth - 2) % 6 or config.depth < 8:
         parser.error(f"--depth must be 6n + 2 (8, 14, 20, ...), not {config.depth}")
-    for name in ("workers", "epochs", "batch_size", "rounds"):
-        if getattr(config, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 <= config.gamma <= 1:
-        parser.error("--gamma must lie in [0, 1]")
+    for flag, folder in (("--out", config.out), ("--data-dir", config.data_dir)):
+        if folder and (problem := output_problem(folder, folder=True)):
+            parser.error(f"{flag}: {problem}")
     if max(r for r, _ in config.resolved_plan()) > config.workers:
         parser.error("a redundancy exceeds the number of workers: each item needs distinct workers")
     try:
@@ -342,6 +335,9 @@ class Experiment:
             predicted = self.bootstrap.get((seed, r, n))
             if predicted is None:
                 predicted = load_bootstrap(self.bootstrap_path(seed, r, n), ann)
+                if predicted is not None and self.writer:
+                    print(f"seed {seed} r {r} mbem: bootstrapped from the saved WMV predictions "
+                          f"{self.bootstrap_path(seed, r, n)}", flush=True)
             if predicted is None:
                 predicted = self.fit(agg.weighted_majority_vote(ann), items, seed, f"seed {seed} r {r} wmv")[0]
                 predicted = predicted.argmax(axis=1)
@@ -445,9 +441,25 @@ def cpu_model():
 
 def write_json(path, obj):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)  # no half-written file left behind
+        raise
+
+
+def save(results, out):
+    """results.json after each cell, atomically; a failed write (a full disk, a folder made read-only)
+    stops the run with one line, and every cell written before is still there."""
+    path = os.path.join(out, "results.json")
+    try:
+        os.makedirs(out, exist_ok=True)  # made at the first finished cell: a run refused earlier leaves nothing
+        write_json(path, results)
+    except OSError as err:
+        raise RunError(f"cannot write {path} ({err.strerror or err}): the cells finished before this one are "
+                       "saved; make room (or choose another --out) and run the same command to resume") from err
 
 
 def comparable(config):
@@ -464,8 +476,9 @@ def load_results(config, check_config=True):
         with open(path) as f:
             results = json.load(f)
         saved = dict(comparable(Config()), **{k: v for k, v in results["config"].items() if k not in NOT_RESULTS})
-        results["cells"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        if not isinstance(results["cells"], list) or not all(isinstance(c, dict) for c in results["cells"]):
+            raise TypeError("its cells are not a list of records")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise RunError(f"{path} is not a results file of MBEM.py ({type(err).__name__}: {err}); "
                        "use another --out, or remove it if it is yours to delete") from err
     if not check_config:
@@ -491,7 +504,6 @@ def main(argv=None):
         return 0
     check(parser, config)
     rank = join_processes(config)
-    os.makedirs(config.out, exist_ok=True)
     results = load_results(config)
     done = {(c["seed"], c["redundancy"], c["n"], c["algorithm"]) for c in results["cells"]}
     results["commit"], results["versions"], results["machine"] = environment()
@@ -513,11 +525,16 @@ def main(argv=None):
                 results["cells"].append(record)
                 results["wall_seconds"] += time.perf_counter() - start
                 if rank == 0:  # under torchrun every process computes the cell; one writes it
-                    write_json(os.path.join(config.out, "results.json"), results)  # each cell lands at once
+                    save(results, config.out)
                     print(f"seed {seed} r {r} n {n} {algorithm}: test error {record['test_error']:.4f} label "
                           f"accuracy {record['label_accuracy']:.3f} ({record['wall_seconds']:.0f} s)", flush=True)
     if rank == 0:
-        report.report(results, config.out)
+        try:
+            os.makedirs(config.out, exist_ok=True)
+            report.report(results, config.out)
+        except OSError as err:
+            raise RunError(f"cannot write the tables and figures in {config.out} ({err.strerror or err}); "
+                           "results.json has every cell: make room and run with --plot-only") from err
     return 0
 
 

@@ -13,7 +13,6 @@ where T (n x K) is any distribution over each item's true class (hard or soft).
 Run as a script it aggregates a CSV of real labels: `python aggregation.py --help`.
 """
 
-import argparse
 import itertools
 import os
 import re
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from cli import Parser, number, output_problem
 
 RELEASE_ZERO = 1e-10  # the release replaces zero confusion entries by this before renormalising
 
@@ -151,6 +152,8 @@ def dawid_skene(ann, max_iter=100, tol=1e-7, smoothing="release", init=None):
     Stops when the mean per-item log-likelihood log sum_k q[k] prod pi_a[k, l] gains less
     than `tol`, or after `max_iter` rounds.
     """
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, not {max_iter}")
     item_dist = weighted_majority_vote(ann) if init is None else init
     trace = []
     for iteration in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
@@ -334,7 +337,7 @@ def aggregate(ann, method, rng, max_iter=100, tol=1e-7):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description="Aggregate crowdsourced labels (CSV with columns item, worker, label; "
         "aliases task/question and answer) into a posterior over each item's true class.")
     parser.add_argument("answers", help="CSV of labels, one row per (item, worker, label)")
@@ -342,26 +345,34 @@ def main(argv=None):
                         help="mv: majority vote; wmv: label frequencies; ds: Dawid-Skene EM (default)")
     parser.add_argument("--out", help="write item,label,p_<class>... here (default: stdout)")
     parser.add_argument("--confusions-out", help="write each worker's estimated confusion matrix here (long CSV)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for majority-vote tie breaking")
-    parser.add_argument("--max-iter", type=int, default=100, help="Dawid-Skene iteration cap")
-    parser.add_argument("--tol", type=float, default=1e-7, help="Dawid-Skene stop: mean log-likelihood gain")
+    parser.add_argument("--seed", type=number(int, 0), default=0, help="seed for majority-vote tie breaking")
+    parser.add_argument("--max-iter", type=number(int, 1), default=100, help="Dawid-Skene iteration cap")
+    parser.add_argument("--tol", type=number(float, 0), default=1e-7,
+                        help="Dawid-Skene stop: mean log-likelihood gain")
     args = parser.parse_args(argv)
+    for flag, path in (("--out", args.out), ("--confusions-out", args.confusions_out)):
+        if path and (problem := output_problem(path)):
+            parser.error(f"{flag}: {problem}")
     start = time.perf_counter()
     try:
         ann, item_names, worker_names, classes = read_answers(args.answers)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print("error: " + str(err).replace("\n", "\\n").replace("\r", "\\r"), file=sys.stderr)  # one line
         return 2
     probs, confusions, iterations = aggregate(ann, args.method, np.random.default_rng(args.seed),
                                               args.max_iter, args.tol)
     table = posterior_csv(probs, item_names, classes)
-    if args.confusions_out:
-        atomic_write(args.confusions_out, confusions_csv(confusions, worker_names, classes))
-    if args.out:
-        atomic_write(args.out, table)
-    else:
-        sys.stdout.buffer.write(table)
-        sys.stdout.flush()
+    try:
+        if args.confusions_out:
+            atomic_write(args.confusions_out, confusions_csv(confusions, worker_names, classes))
+        if args.out:
+            atomic_write(args.out, table)
+        else:
+            sys.stdout.buffer.write(table)
+            sys.stdout.flush()
+    except OSError as err:
+        print(f"error: cannot write the output: {err}", file=sys.stderr)
+        return 2
     print(f"items {ann.n} workers {ann.m} labels {len(ann.items)} classes {ann.K} "
           f"iterations {iterations} seconds {time.perf_counter() - start:.2f}", file=sys.stderr)
     return 0

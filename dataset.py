@@ -13,6 +13,7 @@ import os
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ class Dataset:
     test_images: np.ndarray
     test_labels: np.ndarray
     classes: list
+    train_names: list = None  # what names each training image in an annotations CSV (see names_of)
 
 
 def data_dir(path=None):
@@ -103,52 +105,78 @@ def load_cifar10(root=None, url=CIFAR10_URL, progress=True):
         extract(archive, root)
     train = [read_cifar_binary(os.path.join(folder, f"data_batch_{i}.bin")) for i in range(1, 6)]
     test_images, test_labels = read_cifar_binary(os.path.join(folder, "test_batch.bin"))
-    return Dataset(np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]),
-                   test_images, test_labels, list(CIFAR10_CLASSES))
+    images, labels = np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])
+    return Dataset(images, labels, test_images, test_labels, list(CIFAR10_CLASSES),
+                   [str(i) for i in range(len(images))])  # the official training index
 
 
-def decode(data):
-    from PIL import Image  # only the class-folder loader needs Pillow
+def decode(data, name):
+    """uint8 (C, H, W) RGB pixels of an image file's bytes; ValueError naming the file otherwise."""
+    from PIL import Image, UnidentifiedImageError  # only the class-folder loader needs Pillow
 
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+    except UnidentifiedImageError:
+        raise ValueError(f"{name}: not a readable image (no image format Pillow knows)") from None
+    except (OSError, ValueError, SyntaxError) as err:  # Pillow's ways of saying "damaged"
+        raise ValueError(f"{name}: not a readable image ({err})") from None
 
 
 def image_files(source):
-    """(split, class, name, bytes reader) for every image under train/ and test/ of a folder or tar.gz."""
+    """(path parts, file path or bytes) for every image file of a folder (read later, one at a
+    time) or tar.gz (read in its one pass), and the class folders (.../train/<class>,
+    .../test/<class>) of a folder that hold no image at all."""
+    images, empty = [], []
     if os.path.isdir(source):
-        for dirpath, _, files in os.walk(source):
-            for name in files:
-                if name.lower().endswith(IMAGE_SUFFIXES):
-                    path = os.path.join(dirpath, name)
-                    parts = os.path.relpath(path, source).split(os.sep)
-                    yield parts, lambda p=path: open(p, "rb").read()
-    else:
-        with tarfile.open(source) as archive:
-            for member in archive:
-                if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
-                    yield member.name.split("/"), archive.extractfile(member).read
+        for dirpath, dirnames, files in os.walk(source):
+            pictures = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
+            for name in pictures:
+                path = os.path.join(dirpath, name)
+                images.append((os.path.relpath(path, source).split(os.sep), path))
+            if not pictures and not dirnames and os.path.basename(os.path.dirname(dirpath)) in ("train", "test"):
+                empty.append(os.path.relpath(dirpath, source))
+        return images, empty
+    with tarfile.open(source) as archive:  # one pass; the compressed bytes are small beside the pixels
+        for member in archive:
+            if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
+                images.append((member.name.split("/"), archive.extractfile(member).read()))
+    return images, empty
 
 
 def read_class_folders(source, progress=True):
-    """Decode ROOT/{train,test}/<class>/<image> (ROOT may be nested one level inside a tarball)."""
+    """Decode ROOT/{train,test}/<class>/<image> (ROOT may be nested one level inside a tarball).
+    Returns the arrays, the class names and each training image's name "<class>/<file>"."""
     found = {"train": [], "test": []}
-    for parts, read in tqdm(image_files(source), desc=f"decoding {os.path.basename(source)}", disable=not progress,
-                            unit="img"):
+    try:
+        files, empty = image_files(source)
+    except (OSError, tarfile.TarError) as err:
+        raise ValueError(f"{source}: cannot read ({err})") from None
+    if empty:
+        raise ValueError(f"{source}: class folders without images: {', '.join(sorted(empty)[:5])}")
+    for parts, data in tqdm(files, desc=f"decoding {os.path.basename(source)}", disable=not progress, unit="img"):
         split_at = next((i for i, p in enumerate(parts[:-2]) if p in found), None)
         if split_at is not None and len(parts) - split_at == 3:
-            found[parts[split_at]].append((parts[split_at + 1], parts[-1], decode(read())))
+            if isinstance(data, str):
+                with open(data, "rb") as f:
+                    data = f.read()
+            found[parts[split_at]].append((parts[split_at + 1], parts[-1], decode(data, "/".join(parts))))
     if not found["train"] or not found["test"]:
         raise ValueError(f"{source}: expected train/<class>/<image> and test/<class>/<image>")
     classes = sorted({c for split in found.values() for c, _, _ in split})
     arrays = {}
     for split, entries in found.items():
+        missing = sorted(set(classes) - {c for c, _, _ in entries})
+        if missing:
+            raise ValueError(f"{source}: no images in {split}/ for the classes {', '.join(missing[:5])}")
         entries.sort(key=lambda e: (e[0], e[1]))  # a fixed order whatever the file system lists
-        shapes = {e[2].shape for e in entries}
-        if len(shapes) != 1:
-            raise ValueError(f"{source}: images of several sizes in {split}/: {sorted(shapes)[:3]}")
+        sizes = {e[2].shape: f"{split}/{e[0]}/{e[1]}" for e in entries}
+        if len(sizes) != 1:
+            examples = "; ".join(f"{name} is {shape[1]}x{shape[2]}" for shape, name in list(sizes.items())[:3])
+            raise ValueError(f"{source}: images of several sizes in {split}/ ({examples}); resize them to one size")
         arrays[f"{split}_images"] = np.stack([e[2] for e in entries])
         arrays[f"{split}_labels"] = np.array([classes.index(e[0]) for e in entries], dtype=np.int64)
+    arrays["train_names"] = np.array([f"{c}/{name}" for c, name, _ in found["train"]])
     return arrays, classes
 
 
@@ -161,22 +189,38 @@ def source_key(source):
     return file_digest(source, "sha256")
 
 
+CACHE_KEYS = ("classes", "train_images", "train_labels", "test_images", "test_labels", "train_names")
+
+
 def load_folder(source, root=None, progress=True):
-    """A class-folder tree (folder or .tar.gz), decoded once and cached in the data folder."""
+    """A class-folder tree (folder or .tar.gz), decoded once and cached in the data folder. A cache
+    that cannot be read whole (truncated, foreign, from an older version) is rebuilt, not trusted."""
     if not os.path.exists(source):
         raise FileNotFoundError(f"{source}: no such folder or archive")
-    cache = os.path.join(data_dir(root), f"folder-{source_key(source)[:16]}.npz")
-    if os.path.exists(cache):
-        with np.load(cache) as f:
-            arrays, classes = {k: f[k] for k in f.files if k != "classes"}, list(f["classes"])
-    else:
-        arrays, classes = read_class_folders(source, progress)
+    cache = os.path.join(data_dir(root), f"folder-v2-{source_key(source)[:16]}.npz")
+    arrays = read_cache(cache)
+    if arrays is None:
+        found, classes = read_class_folders(source, progress)
+        arrays = dict(found, classes=np.array(classes))
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cache), prefix=".part-", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, classes=np.array(classes), **arrays)
+            np.savez(f, **arrays)
         os.replace(tmp, cache)
-    return Dataset(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
-                   arrays["test_labels"], [str(c) for c in classes])
+    return Dataset(arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"],
+                   [str(c) for c in arrays["classes"]], [str(n) for n in arrays["train_names"]])
+
+
+def read_cache(path):
+    """The cached arrays, or None when the file is missing or not a whole, consistent cache."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in CACHE_KEYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    n, m = len(arrays["train_images"]), len(arrays["test_images"])
+    consistent = (len(arrays["train_labels"]) == n == len(arrays["train_names"]) and len(arrays["test_labels"]) == m
+                  and arrays["train_images"].dtype == np.uint8 and arrays["train_images"].ndim == 4)
+    return arrays if consistent else None
 
 
 def load_digits(test_fraction=0.3, seed=0):

@@ -33,7 +33,6 @@ if "mxnet" in sys.modules and "OMP_NUM_THREADS" not in os.environ:
     warnings.warn("mxnet was imported before resnet with OMP_NUM_THREADS unset: training may use fewer "
                   "cores than it could; import resnet first or set OMP_NUM_THREADS", stacklevel=2)
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # one OpenMP thread per core
-os.environ.setdefault("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")
 
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402

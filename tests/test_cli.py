@@ -125,3 +125,31 @@ def test_numeric_classes_sort_numerically(tmp_path):
     path = write(tmp_path / "a.csv", "item,worker,label\n1,a,10\n1,b,9\n2,a,2\n")
     _, _, _, classes = aggregation.read_answers(str(path))
     assert classes == ["2", "9", "10"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--out", "/no/such/dir/out.csv"], "--out: /no/such/dir: no such folder"),
+    (["--confusions-out", "/no/such/dir/c.csv"], "--confusions-out: /no/such/dir: no such folder"),
+    (["--max-iter", "0"], "--max-iter: must be at least 1, not 0"),
+    (["--tol", "nan"], "--tol: must be a finite number"),
+    (["--tol", "-1"], "--tol: must be at least 0"),
+    (["--seed", "-1"], "--seed: must be at least 0"),
+    (["--method", "magic"], "invalid choice"),
+])
+def test_bad_flags_are_refused_before_reading(answers, tmp_path, flags, message):
+    path, _ = answers
+    result = run(path, *flags)
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_an_out_that_is_a_folder_is_refused(answers, tmp_path):
+    path, _ = answers
+    result = run(path, "--out", tmp_path)
+    assert result.returncode == 2 and "is a folder, not a file" in result.stderr
+
+
+def test_dawid_skene_needs_an_iteration():
+    ann = aggregation.Annotations.from_arrays([0, 0, 1], [0, 1, 0], [0, 1, 0])
+    with pytest.raises(ValueError, match="max_iter must be at least 1"):
+        aggregation.dawid_skene(ann, max_iter=0)

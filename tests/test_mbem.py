@@ -1,16 +1,19 @@
 """MBEM.py end to end with the smoke preset, resume, refusal of a changed config, bad flags."""
 
 import csv
+import errno
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import MBEM
-from conftest import CIFAR_JPEG, ROOT
+from conftest import ROOT
 
 SCRIPT = os.path.join(ROOT, "MBEM.py")
 
@@ -20,11 +23,8 @@ def run(*args):
 
 
 def smoke_args(out):
-    """The smoke preset on the shared CIFAR JPEGs when they are there, else on the digits."""
-    if os.path.exists(CIFAR_JPEG):
-        return ["--preset", "smoke", "--dataset", "folder", "--source", CIFAR_JPEG, "--budget", "2000",
-                "--redundancy", "1,3", "--epochs", "3", "--workers", "50", "--augment-pad", "4", "--no-two-stage",
-                "--out", out]
+    """The smoke preset (scikit-learn's digits, every algorithm; real images are trained on in
+    test_resnet*.py and test_annotations.py)."""
     return ["--preset", "smoke", "--out", out]
 
 
@@ -103,11 +103,32 @@ def test_changed_config_on_the_same_out_is_refused(smoke_run):
     (["--seeds", "x"], "comma-separated ints"),
     (["--dataset", "folder", "--source", "/nonexistent/images"], "no such folder"),
     (["--budget", "100000"], "the plan asks for"),
+    (["--budget", "0"], "--budget: must be at least 1, not 0"),
+    (["--val-size", "-5"], "--val-size: must be at least 1, not -5"),
+    (["--lr", "-1"], "--lr: must be above 0, not -1"),
+    (["--lr", "nan"], "--lr: must be a finite number"),
+    (["--epochs", "2.5"], "--epochs: expected an integer"),
+    (["--redundancy", "1,,3"], "expected comma-separated ints"),
+    (["--data-dir", "/dev/null/x"], "--data-dir: /dev/null is a file, not a folder"),
 ])
 def test_bad_flags_give_one_clear_error(tmp_path, flags, message):
     result = run("--preset", "smoke", "--out", tmp_path / "x", *flags)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "taken").write_text("mine")
+    result = run("--preset", "smoke", "--out", tmp_path / "taken")
+    assert result.returncode == 2 and "--out: " in result.stderr and "is a file, not a folder" in result.stderr
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_no_engine_banner():
+    """MXNet prints 'MXNet start using engine' only when MXNET_ENGINE_TYPE is set: we leave it unset."""
+    result = run("--preset", "smoke", "--plot-only", "--out", "/nonexistent")
+    assert "start using engine" not in result.stderr
 
 
 def test_presets_and_plan_parsing():
@@ -133,17 +154,68 @@ def test_top_k_error():
     assert MBEM.top_k_error(probs, np.array([2, 0]), 2) == 0.0
 
 
-def test_torch_backend_end_to_end(tmp_path):
-    """The smoke preset on the torch backend: every cell, the backend and precision recorded."""
-    out = tmp_path / "torch"
-    result = run("--preset", "smoke", "--backend", "torch", "--no-compile", "--out", out)
+TORCH_SMOKE = ["--preset", "smoke", "--backend", "torch", "--no-compile"]
+
+
+@pytest.fixture(scope="module")
+def torch_smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("torch") / "run"
+    result = run(*TORCH_SMOKE, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
+    return out
+
+
+def test_torch_backend_end_to_end(torch_smoke):
+    """The smoke preset on the torch backend: every cell, the backend and precision recorded."""
+    results = json.loads((torch_smoke / "results.json").read_text())
     assert len(results["cells"]) == 2 * len(MBEM.ALGORITHMS)
     assert {(c["backend"], c["precision"]) for c in results["cells"]} == {("torch", "fp32")}
     assert results["versions"]["torch"].startswith("2.") and results["machine"]["cores"] >= 1
     error = {(c["redundancy"], c["algorithm"]): c["test_error"] for c in results["cells"]}
     assert error[1, "clean"] < 0.5 and error[1, "mv"] == error[1, "wmv"]
+    assert {"paired.csv", "worker_accuracy.png", "error_vs_redundancy.png"} <= set(os.listdir(torch_smoke))
+
+
+def test_a_killed_run_resumes_to_the_same_result(torch_smoke, tmp_path):
+    """SIGKILL after the WMV cell at r = 1, then the same command: the finished cells are kept,
+    MBEM bootstraps from the WMV predictions saved beside results.json (no retrained WMV model),
+    and every number equals the uninterrupted run's (the torch backend is deterministic on the
+    CPU; MXNet's oneDNN is not, see README)."""
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, SCRIPT, *TORCH_SMOKE, "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = out / "results.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and len(json.loads(path.read_text())["cells"]) >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    kept = json.loads(path.read_text())["cells"]
+    assert proc.returncode == -signal.SIGKILL and [c["algorithm"] for c in kept[:2]] == ["mv", "wmv"]
+    assert len(kept) < 2 * len(MBEM.ALGORITHMS)
+    result = run(*TORCH_SMOKE, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{2 * len(MBEM.ALGORITHMS) - len(kept)} of {2 * len(MBEM.ALGORITHMS)} cells to run" in result.stdout
+    assert "seed 0 r 1 mbem: bootstrapped from the saved WMV predictions" in result.stdout
+    resumed = json.loads(path.read_text())["cells"]
+    assert resumed[:len(kept)] == kept
+    uninterrupted = json.loads((torch_smoke / "results.json").read_text())["cells"]
+    ignore = ("wall_seconds", "train_img_per_s")
+    assert [{k: v for k, v in c.items() if k not in ignore} for c in resumed] == \
+        [{k: v for k, v in c.items() if k not in ignore} for c in uninterrupted]
+
+
+def test_a_corrupt_or_foreign_results_file_is_named_and_kept(tmp_path):
+    for text in ('{"config": {', '["not", "ours"]', '{"config": {}, "cells": 3}'):
+        out = tmp_path / "x"
+        out.mkdir(exist_ok=True)
+        (out / "results.json").write_text(text)
+        result = run("--preset", "smoke", "--out", out)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "is not a results file of MBEM.py" in result.stderr and "use another --out" in result.stderr
+        assert (out / "results.json").read_text() == text
 
 
 def test_release_loop_settings_run_and_are_recorded(tmp_path):
@@ -206,3 +278,28 @@ def test_data_parallel_with_torchrun_on_two_cpu_processes(tmp_path):
 
 
 CSV_KEYS = ["redundancy", "n", "algorithm", "seed", "test_error", "label_accuracy", "epochs", "backend", "precision"]
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_finished_cells(tmp_path, monkeypatch):
+    writes = []
+
+    def fill_up(path, obj):
+        writes.append(path)
+        if len(writes) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        real_write_json(path, obj)
+
+    real_write_json = MBEM.write_json
+    monkeypatch.setattr(MBEM, "write_json", fill_up)
+    out = tmp_path / "full"
+    with pytest.raises(MBEM.RunError, match="No space left on device.*cells finished before this one are saved"):
+        MBEM.main(["--preset", "smoke", "--algorithms", "mv", "--epochs", "1", "--out", str(out)])
+    assert len(json.loads((out / "results.json").read_text())["cells"]) == 1
+    assert os.listdir(out) == ["results.json"]  # no temporary file left
+
+
+def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # root may write anywhere: simulate
+    with pytest.raises(SystemExit) as stop:
+        MBEM.main(["--preset", "smoke", "--out", str(tmp_path / "new" / "out")])
+    assert stop.value.code == 2 and not (tmp_path / "new").exists()
