@@ -25,6 +25,7 @@ from importlib import metadata
 import numpy as np
 
 import aggregation as agg
+import annotations as crowd
 import dataset as data
 import noise_sim
 import report
@@ -41,6 +42,7 @@ class RunError(Exception):
 @dataclass
 class Config:
     dataset: str = "cifar10"
+    annotations: str = None  # a CSV of real labels (item, worker, label) instead of simulated workers
     source: str = None  # the class-folder tree or .tar.gz for --dataset folder
     data_dir: str = None
     gpus: str = None
@@ -71,9 +73,10 @@ class Config:
     out: str = "results/paper"
 
     def resolved_plan(self):
+        """[[r, n]] cells; [] with real labels and no sweep: every label of every image (MBEM.py: r = 0)."""
         if self.redundancy:
             return [list(p) for p in noise_sim.fixed_budget_plan(self.budget, self.redundancy)]
-        return [list(p) for p in self.plan]
+        return [list(p) for p in self.plan or []]
 
 
 PRESETS = {
@@ -87,6 +90,10 @@ PRESETS = {
     "cpu-mxnet": Config(budget=10000, redundancy=[1, 3, 5], plan=None, algorithms=["mv", "wmv", "em", "mbem"],
                         two_stage=False, depth=8, epochs=12, batch_size=128, select_epoch="last", seeds=[0, 1, 2],
                         out="results/cpu-mxnet"),
+    # CIFAR-10N's real human labels (cifar10n.py makes the CSV) at the cpu preset's settings: see README.
+    "cifar10n": Config(backend="torch", precision="auto", budget=50000, redundancy=[1, 3], plan=None,
+                       algorithms=["mv", "wmv", "em", "mbem", "clean"], two_stage=False, epochs=10, batch_size=128,
+                       select_epoch="last", seeds=[0, 1, 2], out="results/cifar10n"),
     # Every algorithm, tiny: for tests and CI.
     "smoke": Config(dataset="digits", workers=20, budget=600, redundancy=[1, 3], plan=None,
                     algorithms=list(ALGORITHMS), depth=8, epochs=10, batch_size=50, augment_pad=1,
@@ -119,6 +126,8 @@ def parse_args(argv=None):
     a("--preset", choices=sorted(PRESETS), default="paper", help="base settings; the flags below override them")
     a("--dataset", choices=["cifar10", "folder", "digits"], help="cifar10 (downloaded), folder (--source), digits")
     a("--source", help="class-folder tree or .tar.gz of one (train/<class>/*, test/<class>/*)")
+    a("--annotations", help="CSV of real labels (item, worker, label) instead of simulated workers; items name "
+                            "training images (<class>/<file> under train/, or CIFAR-10's official index)")
     a("--data-dir", help="download and cache folder (default $MBEM_DATA or data/)")
     a("--gpus", help="GPU ids, e.g. 0 or 0,1 (data-parallel; torch: one process each under torchrun); "
                      "default the CPU")
@@ -141,7 +150,7 @@ def parse_args(argv=None):
       help="use the class prior q in MBEM's E-step (the paper's Algorithm 1; the release has none)")
     a("--depth", type=number(int, 8), help="ResNet depth 6n + 2: 8, 14, 20, 32, 44, 56, 110 (the release: 20)")
     a("--epochs", type=number(int, 1), help="training epochs (learning rate x0.1 after 2/3 and 5/6 of them)")
-    a("--batch-size", type=number(int, 1), help="batch size (learning rate scales linearly from 0.5 at 500)")
+    a("--batch-size", type=number(int, 2), help="batch size (learning rate scales linearly from 0.5 at 500)")
     a("--lr", type=number(float, 0, low_open=True), help="learning rate (default 0.5 * batch / 500)")
     a("--augment-pad", type=number(int, 0),
       help="augmentation: pad by this many pixels (fill 127), random crop, mirror; 0: off")
@@ -161,13 +170,15 @@ def parse_args(argv=None):
     overrides = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name, None) is not None}
     if args.plan is not None and args.redundancy is None:
         overrides["redundancy"] = None
+    if args.annotations and args.preset == "paper" and args.plan is None and args.redundancy is None:
+        overrides.update(plan=None, redundancy=None)  # real labels, no sweep asked for: every label once
     config = replace(PRESETS[args.preset], **overrides)
     if args.out is None and args.preset != "paper":
         config.out = PRESETS[args.preset].out
     return p, args, config
 
 
-def check(parser, config):
+def check(parser, args, config):
     """Reject settings that cannot run, with one clear line (argparse exits with status 2)."""
     unknown = sorted(set(config.algorithms) - set(ALGORITHMS))
     if unknown:
@@ -183,7 +194,21 @@ def check(parser, config):
     for flag, folder in (("--out", config.out), ("--data-dir", config.data_dir)):
         if folder and (problem := output_problem(folder, folder=True)):
             parser.error(f"{flag}: {problem}")
-    if max(r for r, _ in config.resolved_plan()) > config.workers:
+    if args.preset == "cifar10n" and not config.annotations:
+        parser.error("--preset cifar10n needs --annotations: python cifar10n.py ../shared/data/crowd/cifar10n "
+                     "--out cifar10n.csv (add --items jpeg for a class-folder --source)")
+    if config.annotations:
+        if not os.path.isfile(config.annotations):
+            parser.error(f"--annotations {config.annotations}: no such file")
+        for setting, why in (("oracle" in config.algorithms, "--algorithms oracle needs simulated workers (no true "
+                                                             "confusions exist for real ones)"),
+                             (config.epoch_images == "all", "--epoch-images all trains on unlabelled images; with "
+                                                            "--annotations only labelled images are trained on")):
+            if setting:
+                parser.error(why)
+    elif not config.resolved_plan():
+        parser.error("no cells to run: give --budget and --redundancy, or --plan")
+    elif max(r for r, _ in config.resolved_plan()) > config.workers:
         parser.error("a redundancy exceeds the number of workers: each item needs distinct workers")
     try:
         gpu_ids(config.gpus)
@@ -231,24 +256,43 @@ def top_k_error(probs, labels, k):
 
 
 class Experiment:
-    """Everything one run shares: the data, the split, the simulated workers, finished cells."""
+    """Everything one run shares: the data, the split, the labels (simulated or real), the plan of
+    (r, n) cells, the models trained so far."""
 
     def __init__(self, config, ds, writer=True):
         self.config, self.ds, self.writer = config, ds, writer
         self.K = len(ds.classes)
         N = len(ds.train_images)
-        # A seeded shuffle: class-folder trees are sorted by class, so "the first n" needs one.
         # The items are the first n of one fixed shuffle (the same for every seed and redundancy):
         # class-folder trees come sorted by class, so CIFAR's own "first n" needs replacing.
         val_size = config.val_size if config.select_epoch == "val" else 0
         train_index, val_index = data.validation_split(N, val_size, seed=12345)
         self.val_index = val_index if val_size else None
         self.pool = np.random.default_rng(12345).permutation(train_index)
-        too_big = [n for _, n in config.resolved_plan() if n > len(self.pool)]
+        where = " after the validation split" if self.val_index is not None else ""
+        if val_size >= N:
+            raise RunError(f"--val-size {val_size} leaves none of the {N} training images to train on")
+        self.plan = config.resolved_plan()
+        self.real = None
+        if config.annotations:
+            try:
+                self.real = crowd.read(config.annotations, ds.train_names, ds.classes)
+            except agg.InputError as err:
+                raise RunError(f"--annotations {err}") from err
+            self.allowed = np.zeros(N, dtype=bool)
+            self.allowed[self.pool] = True  # images of the validation split are not trained on
+            counts = self.real.per_image(N)[self.allowed]
+            self.plan = self.plan or [[0, int((counts > 0).sum())]]
+            if max(r for r, _ in self.plan) > counts.max():
+                raise RunError(f"a redundancy of {max(r for r, _ in self.plan)} is above what the annotations have: "
+                               f"at most {counts.max()} labels per image{where}")
+        if min(n for _, n in self.plan) < 2:
+            raise RunError("a cell of fewer than 2 items cannot train (BatchNorm needs 2 images a batch): raise "
+                           "the budget or lower the redundancy")
+        too_big = [n for _, n in self.plan if n > len(self.pool)]
         if too_big:
-            where = " after the validation split" if self.val_index is not None else ""
             raise RunError(f"the plan asks for {max(too_big)} items but only {len(self.pool)} "
-                             f"training images are available{where}")
+                           f"training images are available{where}")
         self.trained = {}  # targets digest -> (probs on train items, test probs, history): reuse identical targets
         self.bootstrap = {}  # (seed, r, n) -> the WMV model's predicted class of each item, for MBEM
         self.trainer = trainer_module(config.backend)
@@ -265,8 +309,7 @@ class Experiment:
         With epoch_images "all" (the release) the network also sees the rest of the training pool,
         after the labelled items, with all-zero targets: no loss gradient, but BatchNorm statistics
         and optimizer steps, as the release's iterator over all 50,000 images gives them."""
-        # The items are always the first len(items) of the pool, so targets, seed and n identify a model.
-        key = (hashlib.sha1(np.ascontiguousarray(targets).tobytes()).hexdigest(), seed, len(items))
+        key = (digest(targets), seed, digest(items))
         if key in self.trained:
             return self.trained[key]
         c, ds, trainer = self.config, self.ds, self.trainer
@@ -295,17 +338,27 @@ class Experiment:
     def bootstrap_path(self, seed, r, n):
         return os.path.join(self.config.out, "bootstrap", f"wmv-seed{seed}-r{r}-n{n}.npz")
 
-    def annotate(self, seed, r, n, workers):
-        """The noisy labels of the first n items at redundancy r, shared by every algorithm."""
-        truth = self.ds.train_labels[self.pool[:n]]
-        label_rng = np.random.default_rng([seed, r, n])
-        return agg.Annotations(*noise_sim.simulate_labels(truth, workers, r, label_rng), n, self.config.workers, self.K)
+    def labels(self, seed, r, n, workers):
+        """(training images of the n items, their labels at redundancy r, each worker's true
+        accuracy), shared by every algorithm. Simulated: the first n images of the pool, labelled by
+        `workers`. Real: n images drawn from those with r labels, r of their labels drawn."""
+        rng = np.random.default_rng([seed, r, n])
+        truth = self.ds.train_labels
+        if self.real is None:
+            items = self.pool[:n]
+            ann = agg.Annotations(*noise_sim.simulate_labels(truth[items], workers, r, rng), n, len(workers), self.K)
+            return items, ann, agg.worker_accuracy(workers)
+        try:
+            items, ann = crowd.subsample(self.real, self.allowed, r, n, rng, self.K)
+        except agg.InputError as err:
+            raise RunError(str(err)) from err
+        return items, ann, crowd.empirical_accuracy(ann, truth[items])
 
-    def cell(self, seed, r, n, algorithm, workers, ann):
-        """Run one (seed, r, n, algorithm) cell on the labels `ann` and return its record."""
+    def cell(self, seed, r, n, algorithm, workers, items, ann, true_accuracy):
+        """Run one (seed, r, n, algorithm) cell on the labels `ann` of the training images `items`
+        and return its record."""
         c, ds, K = self.config, self.ds, self.K
         start = time.perf_counter()
-        items = self.pool[:n]
         truth = ds.train_labels[items]
         rng = np.random.default_rng([seed, r, n, ALGORITHMS.index(algorithm)])
         confusions = None
@@ -350,13 +403,31 @@ class Experiment:
                   "test_error": top_k_error(test_probs, ds.test_labels, 1),
                   "val_error": selected_val_error(history, c.select_epoch),
                   "label_accuracy": float((targets.argmax(axis=1) == truth).mean()),
-                  **worker_fields(ann, confusions, agg.worker_accuracy(workers)),
+                  **worker_fields(ann, confusions, true_accuracy),
                   "epochs": len(history), "backend": c.backend, "precision": self.precision,
                   "wall_seconds": time.perf_counter() - start,
                   "train_img_per_s": float(np.mean([h["img_per_s"] for h in history]))}
         if K > 10:
             record["test_error_top5"] = top_k_error(test_probs, ds.test_labels, 5)
+        if self.real is not None and self.writer:
+            self.write_labels(f"{algorithm}-seed{seed}-r{r}", items, targets, confusions)
         return record
+
+    def write_labels(self, name, items, targets, confusions):
+        """With real labels: the posterior of every training item and each worker's confusion
+        matrix, as the aggregation command line writes them."""
+        folder = os.path.join(self.config.out, "labels")
+        os.makedirs(folder, exist_ok=True)
+        names = [self.ds.train_names[i] for i in items]
+        agg.atomic_write(os.path.join(folder, f"{name}-posterior.csv"), agg.posterior_csv(targets, names,
+                                                                                          self.ds.classes))
+        if confusions is not None:
+            agg.atomic_write(os.path.join(folder, f"{name}-workers.csv"),
+                             agg.confusions_csv(confusions, self.real.worker_names, self.ds.classes))
+
+
+def digest(array):
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def labels_digest(ann):
@@ -502,26 +573,26 @@ def main(argv=None):
             parser.error(f"--plot-only: no {path}")
         report.report(load_results(config, check_config=False), config.out)
         return 0
-    check(parser, config)
+    check(parser, args, config)
     rank = join_processes(config)
     results = load_results(config)
     done = {(c["seed"], c["redundancy"], c["n"], c["algorithm"]) for c in results["cells"]}
     results["commit"], results["versions"], results["machine"] = environment()
     ds = load(config)
     experiment = Experiment(config, ds, writer=rank == 0)
-    todo = [(s, r, n, a) for s in config.seeds for r, n in config.resolved_plan() for a in order(config.algorithms)]
+    todo = [(s, r, n, a) for s in config.seeds for r, n in experiment.plan for a in order(config.algorithms)]
     if rank == 0:
         print(f"{len(todo) - len(done & set(todo))} of {len(todo)} cells to run; results in {config.out}", flush=True)
     for seed in config.seeds:
-        workers = noise_sim.simulate_workers(config.workers, len(ds.classes), config.gamma,
-                                             np.random.default_rng(seed), config.worker_model)
-        for r, n in config.resolved_plan():
-            ann = experiment.annotate(seed, r, n, workers)
+        workers = None if config.annotations else noise_sim.simulate_workers(
+            config.workers, len(ds.classes), config.gamma, np.random.default_rng(seed), config.worker_model)
+        for r, n in experiment.plan:
+            items, ann, true_accuracy = experiment.labels(seed, r, n, workers)
             for algorithm in order(config.algorithms):
                 if (seed, r, n, algorithm) in done:
                     continue
                 start = time.perf_counter()
-                record = experiment.cell(seed, r, n, algorithm, workers, ann)
+                record = experiment.cell(seed, r, n, algorithm, workers, items, ann, true_accuracy)
                 results["cells"].append(record)
                 results["wall_seconds"] += time.perf_counter() - start
                 if rank == 0:  # under torchrun every process computes the cell; one writes it

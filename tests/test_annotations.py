@@ -1,0 +1,207 @@
+"""Real labels: CIFAR-10N read from its published files, CSV items matched to images, the
+fixed-budget subsample, and MBEM.py --annotations end to end."""
+
+import csv
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from test_fuzz import tree
+
+import aggregation as agg
+import annotations
+import cifar10n
+from conftest import ROOT, shared_path
+
+SCRIPT = os.path.join(ROOT, "MBEM.py")
+
+
+@pytest.fixture(scope="module")
+def cifar10n_files():
+    return shared_path("crowd", "cifar10n")
+
+
+def test_cifar10n_as_published(cifar10n_files):
+    labels = cifar10n.read_labels(os.path.join(cifar10n_files, "CIFAR-10_human.pt"))
+    workers = cifar10n.read_workers(os.path.join(cifar10n_files, "side_info_cifar10N.csv"))
+    table = cifar10n.annotations(labels, workers)
+    assert len(table) == 150000 and table["item"].nunique() == 50000 and table["worker"].nunique() == 747
+    agreement = {c: (labels[c] == labels["clean_label"]).mean() for c in labels if c != "clean_label"}
+    # the shared README's figures
+    for column, expected in (("random_label1", 0.8277), ("random_label2", 0.8188), ("random_label3", 0.8236),
+                             ("aggre_label", 0.9099), ("worse_label", 0.5979)):
+        assert agreement[column] == pytest.approx(expected, abs=5e-5), column
+    per_worker = np.bincount(workers.ravel())
+    assert (per_worker.min(), int(np.median(per_worker)), per_worker.max()) == (10, 80, 3070)
+
+
+def test_cifar10n_command_both_item_spellings(cifar10n_files, tmp_path):
+    for items, first in (("index", "0"), ("jpeg", "frog/0000.jpg")):
+        out = tmp_path / f"{items}.csv"
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "cifar10n.py"), cifar10n_files, "--items", items,
+                                 "--out", out], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        with open(out) as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 150000 and rows[0]["item"] == first and rows[0]["label"] == "frog"
+
+
+def fake_pt(path, payload, persistent=False):
+    """A torch-style zip whose data.pkl is `payload` pickled (optionally with a persistent id)."""
+    buffer = io.BytesIO()
+    if persistent:
+        class Pickler(pickle.Pickler):
+            def persistent_id(self, obj):
+                return ("storage", "FloatStorage", "0", "cpu", 4) if isinstance(obj, bytearray) else None
+        Pickler(buffer, protocol=2).dump(payload)
+    else:
+        pickle.dump(payload, buffer, protocol=2)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+    return path
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+@pytest.mark.parametrize("payload, persistent, message", [
+    ({"clean_label": Exploit()}, False, "refusing to unpickle posix.system"),
+    ({"clean_label": bytearray(b"1234")}, True, "refusing a torch tensor"),
+    ({"clean_label": np.zeros(3, dtype=np.int64)}, False, "no random_label1"),
+    ([1, 2, 3], False, "expected a dict of arrays"),
+])
+def test_cifar10n_reader_refuses_anything_but_arrays(tmp_path, payload, persistent, message):
+    path = fake_pt(tmp_path / "CIFAR-10_human.pt", payload, persistent)
+    with pytest.raises(agg.InputError, match=message):
+        cifar10n.read_labels(str(path))
+
+
+def test_cifar10n_reader_on_a_damaged_file(tmp_path):
+    (tmp_path / "CIFAR-10_human.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(agg.InputError, match="cannot read"):
+        cifar10n.read_labels(str(tmp_path / "CIFAR-10_human.pt"))
+
+
+def test_items_and_classes_are_matched_or_named():
+    train = ["cat/0.jpg", "cat/1.jpg", "dog/0.jpg"]
+    assert annotations.match_items(["train/dog/0.jpg", "cat/0.jpg"], train).tolist() == [2, 0]
+    with pytest.raises(agg.InputError, match=r"2 items name no training image: 'fox/1.jpg', 'x'"):
+        annotations.match_items(["fox/1.jpg", "cat/1.jpg", "x"], train)
+    classes = ["cat", "dog", "fox"]
+    assert annotations.match_classes(["dog", "cat"], classes).tolist() == [1, 0]
+    assert annotations.match_classes(["2", "0"], classes).tolist() == [2, 0]
+    with pytest.raises(agg.InputError, match="labels '7' are not class indices 0..2"):
+        annotations.match_classes(["7", "0"], classes)
+    with pytest.raises(agg.InputError, match="labels 'wolf' are not classes"):
+        annotations.match_classes(["wolf", "cat"], classes)
+
+
+def test_subsample_draws_items_with_enough_labels_and_r_of_their_labels():
+    rng = np.random.default_rng(0)
+    N, m = 300, 40
+    per_image = rng.integers(0, 5, N)  # 0 to 4 labels per image
+    image = np.repeat(np.arange(N), per_image)
+    worker = np.concatenate([rng.choice(m, k, replace=False) for k in per_image])
+    real = annotations.RealLabels(image, worker, rng.integers(0, 3, len(image)), [str(w) for w in range(m)], m)
+    allowed = np.ones(N, dtype=bool)
+    allowed[:20] = False
+    for r in (1, 2, 3):
+        n = int(((per_image >= r) & allowed).sum()) // 2
+        items, ann = annotations.subsample(real, allowed, r, n, np.random.default_rng(r), K=3)
+        assert len(items) == n == len(set(items.tolist())) and allowed[items].all() and (per_image[items] >= r).all()
+        assert (np.bincount(ann.items, minlength=n) == r).all()
+        given = set(zip(image.tolist(), worker.tolist(), real.label.tolist(), strict=True))
+        assert {(items[i], w, lab) for i, w, lab in zip(ann.items, ann.workers, ann.labels, strict=True)} <= given
+        again, _ = annotations.subsample(real, allowed, r, n, np.random.default_rng(r), K=3)
+        assert np.array_equal(items, again)
+    items, ann = annotations.subsample(real, allowed, 0, 0, rng, K=3)
+    assert len(ann.items) == per_image[allowed].sum() and len(items) == ((per_image > 0) & allowed).sum()
+    with pytest.raises(agg.InputError, match="needs 1000 images with at least 2 labels"):
+        annotations.subsample(real, allowed, 2, 1000, rng, K=3)
+
+
+def test_empirical_accuracy():
+    ann = agg.Annotations.from_arrays([0, 1, 2, 0], [0, 0, 1, 1], [1, 0, 1, 0], m=3)
+    accuracy = annotations.empirical_accuracy(ann, np.array([1, 1, 1]))
+    assert accuracy[:2].tolist() == [0.5, 0.5] and np.isnan(accuracy[2])
+
+
+@pytest.fixture(scope="module")
+def labelled_tree(tmp_path_factory):
+    """A tiny class-folder tree and a CSV of three workers' labels of its training images: one
+    always right, two who answer 'a' whatever the image."""
+    root = tree(tmp_path_factory.mktemp("tree") / "images")
+    answers = root.parent / "answers.csv"
+    truth = {"a/0.png": "a", "a/1.png": "a", "b/0.png": "b", "b/1.png": "b"}
+    with open(answers, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["item", "worker", "label"])
+        for name, label in truth.items():
+            out.writerows([(f"train/{name}", "good", label), (name, "lazy1", "a"), (name, "lazy2", "a")])
+    return root, answers
+
+
+def annotations_worker(name):
+    return ["good", "lazy1", "lazy2"].index(name)  # in order of first appearance in the CSV
+
+
+def mbem(*args):
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_mbem_on_real_labels_end_to_end(labelled_tree, tmp_path):
+    root, answers = labelled_tree
+    out = tmp_path / "out"
+    result = mbem("--preset", "smoke", "--backend", "torch", "--no-compile", "--dataset", "folder", "--source", root,
+                  "--data-dir", tmp_path / "cache", "--annotations", answers, "--algorithms", "mv,wmv,em,mbem,clean",
+                  "--plan", "1:4,3:2", "--batch-size", "2", "--select-epoch", "last",
+                  "--epochs", "1", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    cells = {(c["redundancy"], c["algorithm"]): c for c in results["cells"]}
+    assert set(cells) == {(r, a) for r in (1, 3) for a in ("mv", "wmv", "em", "mbem", "clean")}
+    assert {c["n"] for c in results["cells"]} == {4, 2}
+    with open(out / "labels" / "mv-seed0-r3-posterior.csv") as f:
+        assert {row["label"] for row in csv.DictReader(f)} == {"a"}  # two lazy workers outvote the good one
+    assert cells[3, "clean"]["label_accuracy"] == 1.0
+    truth = cells[3, "em"]["worker_accuracy_true"]  # the workers' empirical accuracy on the drawn items
+    assert truth[annotations_worker("good")] == 1.0 and {truth[1], truth[2]} <= {0.0, 0.5, 1.0}
+    for name in ("mbem-seed0-r1-posterior.csv", "mbem-seed0-r1-workers.csv", "em-seed0-r3-workers.csv",
+                 "clean-seed0-r1-posterior.csv"):
+        assert (out / "labels" / name).stat().st_size > 0, name
+    with open(out / "labels" / "mbem-seed0-r1-posterior.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["item", "label", "p_a", "p_b"] and {r["item"] for r in rows} <= {
+        "a/0.png", "a/1.png", "b/0.png", "b/1.png"}
+
+
+@pytest.mark.parametrize("rows, flags, message", [
+    ([("fox/9.png", "w", "a"), ("a/0.png", "w", "b")], [], "1 items name no training image: 'fox/9.png'"),
+    ([("a/0.png", "w", "wolf"), ("a/1.png", "w", "b")], [], "labels 'wolf' are not classes of the dataset"),
+    ([("a/0.png", "w", "a"), ("a/1.png", "w", "b")], ["--budget", "4", "--redundancy", "2"],
+     "a redundancy of 2 is above what the annotations have: at most 1 labels per image"),
+    ([("a/0.png", "w", "a"), ("a/1.png", "w", "b")], ["--algorithms", "oracle"], "needs simulated workers"),
+])
+def test_bad_annotations_are_one_line(labelled_tree, tmp_path, rows, flags, message):
+    root, _ = labelled_tree
+    answers = tmp_path / "bad.csv"
+    answers.write_text("item,worker,label\n" + "".join(",".join(r) + "\n" for r in rows))
+    result = mbem("--preset", "smoke", "--dataset", "folder", "--source", root, "--data-dir", tmp_path / "cache",
+                  "--annotations", answers, "--algorithms", "mv,wmv,mbem", "--select-epoch", "last", "--out",
+                  tmp_path / "out", *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_cifar10n_preset_needs_annotations(tmp_path):
+    result = mbem("--preset", "cifar10n", "--out", tmp_path / "x")
+    assert result.returncode == 2 and "python cifar10n.py" in result.stderr
