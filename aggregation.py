@@ -95,11 +95,20 @@ def estimate_confusions(ann, item_dist, smoothing="release"):
     below 1e-10 is lifted to it (identical to the release on hard, integer counts).
     A float alpha adds alpha to every count instead (additive smoothing).
     """
+    return normalise_confusions(confusion_counts(ann, item_dist), smoothing)
+
+
+def confusion_counts(ann, item_dist):
+    """C[a, k, l] = sum_i A[i, a*K + l] T[i, k] (m x K x K)."""
     counts = ann.incidence.T @ item_dist  # (mK x K): row a*K + l, column k
-    counts = counts.reshape(ann.m, ann.K, ann.K).transpose(0, 2, 1)  # -> [a, k, l]
+    return counts.reshape(ann.m, ann.K, ann.K).transpose(0, 2, 1)  # -> [a, k, l]
+
+
+def normalise_confusions(counts, smoothing="release"):
+    """Rows of counts (m x K x K) to confusions, smoothed as `estimate_confusions` says."""
     if smoothing == "release":
         rows = counts.sum(axis=2, keepdims=True)
-        confusions = np.where(rows > 0, np.maximum(counts, RELEASE_ZERO), 1.0 / ann.K)
+        confusions = np.where(rows > 0, np.maximum(counts, RELEASE_ZERO), 1.0 / counts.shape[2])
     else:
         confusions = counts + float(smoothing)
     return confusions / confusions.sum(axis=2, keepdims=True)
@@ -120,8 +129,8 @@ def log_joint(ann, confusions, prior=None):
 
 
 def normalise_log(logits):
-    """Row-wise softmax in log space: finite and normalised whatever the magnitude of the logits."""
-    """Also returns log sum_k exp(logits[i, k]) per row (the log evidence). Overwrites `logits`:
+    """Row-wise softmax in log space: finite and normalised whatever the magnitude of the logits.
+    Also returns log sum_k exp(logits[i, k]) per row (the log evidence). Overwrites `logits`:
     in-place arithmetic saves allocating (and page-faulting) three n x K arrays per call."""
     top = logits.max(axis=1, keepdims=True)
     probs = np.exp(np.subtract(logits, top, out=logits), out=logits)
@@ -183,6 +192,58 @@ def mbem_step(ann, model_probs, hard=True, class_prior=False, smoothing="release
 def worker_accuracy(confusions):
     """Per-worker accuracy under a uniform class distribution: mean of the diagonal of pi_a."""
     return np.diagonal(confusions, axis1=1, axis2=2).mean(axis=1)
+
+
+# ----------------------------------------------------------------------------- grouped classes
+
+@dataclass
+class Grouped:
+    """Labels whose K classes fall in fixed groups of g ({0..g-1}, {g..2g-1}, ...), as the paper's
+    ImageNet workers confuse a class only within its group: an item's labels and its truth lie in
+    one group, and worker a has one g x g confusion pi_a shared by every group.
+
+    `local` holds each label as its position within the group (Annotations with K = g) and
+    `group` each item's group, so every estimator above runs unchanged on `local`: posteriors and
+    targets are (group, n x g probabilities), confusions m x g x g, never n x K or m x K x K.
+    P(y_i = group_i g + k | labels) is proportional to q[k] prod_a pi_a[k, label_a(i) - group_i g],
+    the dense model whose confusions are block-diagonal with pi_a in every block (the prior q is
+    over positions within a group, shared by the groups)."""
+
+    local: Annotations
+    group: np.ndarray
+    K: int
+
+    @property
+    def g(self):
+        return self.local.K
+
+    def dense(self, probs):
+        """n x K from n x g: each item's probabilities placed in its group (for small K only)."""
+        out = np.zeros((len(probs), self.K))
+        out[np.arange(len(probs))[:, None], self.group[:, None] * self.g + np.arange(self.g)] = probs
+        return out
+
+    def classes(self, local_hard):
+        """Global class ids of per-item positions within the group."""
+        return self.group * self.g + local_hard
+
+
+def group_labels(ann, g):
+    """Grouped form of `ann` (K a multiple of g); an item whose labels lie in two groups is an
+    InputError naming it. Vectorised: an item's groups agree iff their variance is zero."""
+    if ann.K % g:
+        raise ValueError(f"K = {ann.K} classes do not fall in groups of {g}")
+    label_group = (ann.labels // g).astype(np.float64)
+    count = np.bincount(ann.items, minlength=ann.n)
+    total = np.bincount(ann.items, weights=label_group, minlength=ann.n)
+    squares = np.bincount(ann.items, weights=label_group ** 2, minlength=ann.n)
+    mixed = np.flatnonzero(count * squares != total ** 2)  # exact: small integers in float64
+    if len(mixed):
+        i = mixed[0]
+        raise InputError(f"{len(mixed)} items have labels in two groups of {g} classes, e.g. item {i} with labels "
+                         f"{sorted(set(ann.labels[ann.items == i].tolist()))}")
+    group = (total / np.maximum(count, 1)).astype(np.int64)
+    return Grouped(Annotations(ann.items, ann.workers, ann.labels % g, ann.n, ann.m, g), group, ann.K)
 
 
 # ----------------------------------------------------------------------------- the CSV command line
