@@ -27,10 +27,11 @@ import numpy as np
 import aggregation as agg
 import annotations as crowd
 import dataset as data
+import imagenet
 import noise_sim
 import report
 from cli import Parser, csv_list, number, output_problem
-from pipeline import gpu_ids
+from pipeline import IMAGENET_DROPS, gpu_ids, stages
 
 ALGORITHMS = ("mv", "wmv", "em", "mbem", "oracle", "clean")
 
@@ -52,6 +53,7 @@ class Config:
     workers: int = 100
     gamma: float = 0.2
     worker_model: str = "hammer-spammer"
+    group_size: int = None  # classes in groups of g, one g x g confusion per worker (the paper's ImageNet)
     budget: int = None  # with `redundancy`: n = budget // r for each r
     redundancy: list = None
     plan: list = field(default_factory=lambda: [list(p) for p in noise_sim.RELEASE_PLAN])
@@ -69,6 +71,8 @@ class Config:
     predict_augmented: bool = False  # predict training items on augmented images (the release)
     select_epoch: str = "test"
     val_size: int = 5000
+    image_size: int = 224  # --dataset imagenet: the crop the network sees
+    loader_workers: int = 2  # --dataset imagenet: decoding processes
     seeds: list = field(default_factory=lambda: [0])
     out: str = "results/paper"
 
@@ -94,6 +98,11 @@ PRESETS = {
     "cifar10n": Config(backend="torch", precision="auto", budget=50000, redundancy=[1, 3], plan=None,
                        algorithms=["mv", "wmv", "em", "mbem", "clean"], two_stage=False, epochs=10, batch_size=128,
                        select_epoch="last", seeds=[0, 1, 2], out="results/cifar10n"),
+    # The paper's ImageNet setting, for GPUs: see README "The ImageNet setting".
+    "imagenet": Config(dataset="imagenet", backend="torch", precision="auto", workers=1000, group_size=10,
+                       budget=1_200_000, redundancy=[1, 3, 5, 7, 9], plan=None, algorithms=["mv", "wmv", "mbem"],
+                       two_stage=False, depth=18, epochs=90, batch_size=256, select_epoch="val", val_size=10000,
+                       image_size=224, seeds=[0], out="results/imagenet"),
     # Every algorithm, tiny: for tests and CI.
     "smoke": Config(dataset="digits", workers=20, budget=600, redundancy=[1, 3], plan=None,
                     algorithms=list(ALGORITHMS), depth=8, epochs=10, batch_size=50, augment_pad=1,
@@ -105,7 +114,7 @@ PRESETS = {
 }
 
 # Settings that do not change any result: a resumed run may differ in these.
-NOT_RESULTS = ("gpus", "out", "data_dir", "compile")
+NOT_RESULTS = ("gpus", "out", "data_dir", "compile", "loader_workers")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -124,7 +133,9 @@ def parse_args(argv=None):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), default="paper", help="base settings; the flags below override them")
-    a("--dataset", choices=["cifar10", "folder", "digits"], help="cifar10 (downloaded), folder (--source), digits")
+    a("--dataset", choices=["cifar10", "folder", "digits", "imagenet"],
+      help="cifar10 (downloaded), folder (--source, decoded into memory), digits, or imagenet (--source with "
+           "train/<class>/ and val/<class>/ JPEGs, streamed; ResNet-18)")
     a("--source", help="class-folder tree or .tar.gz of one (train/<class>/*, test/<class>/*)")
     a("--annotations", help="CSV of real labels (item, worker, label) instead of simulated workers; items name "
                             "training images (<class>/<file> under train/, or CIFAR-10's official index)")
@@ -139,6 +150,8 @@ def parse_args(argv=None):
     a("--workers", type=number(int, 1), help="number of simulated workers m")
     a("--gamma", type=number(float, 0, 1), help="probability that a worker (or a row, class-wise) is a hammer")
     a("--worker-model", choices=sorted(noise_sim.WORKER_MODELS), help="simulated worker distribution")
+    a("--group-size", type=number(int, 2),
+      help="classes fall in groups of g and each worker has one g x g confusion (the paper's ImageNet: 10)")
     a("--budget", type=number(int, 1), help="total labels; with --redundancy, n = budget // r items")
     a("--redundancy", type=csv_list(int, 1), help="redundancies for the fixed-budget sweep, e.g. 1,3,5")
     a("--plan", type=parse_plan, help="explicit (r, n) pairs, e.g. 13:4000,1:50000 (the release's by default)")
@@ -163,6 +176,8 @@ def parse_args(argv=None):
     a("--select-epoch", choices=["last", "val", "test"],
       help="which epoch's model is tested: last, best on a validation split, or best on test (the release; optimistic)")
     a("--val-size", type=number(int, 1), help="validation images held out of the training pool for --select-epoch val")
+    a("--image-size", type=number(int, 8), help="--dataset imagenet: the crop the network sees (224)")
+    a("--loader-workers", type=number(int, 0), help="--dataset imagenet: image-decoding processes (2)")
     a("--seeds", type=csv_list(int, 0), help="comma-separated seeds, one full sweep each")
     a("--out", help="output folder (default results/<preset>)")
     a("--plot-only", action="store_true", help="redraw the figure and CSV from --out/results.json and exit")
@@ -185,12 +200,19 @@ def check(parser, args, config):
         parser.error(f"unknown algorithms {','.join(unknown)}: choose from {','.join(ALGORITHMS)}")
     if config.redundancy and not config.budget:
         parser.error("--redundancy needs --budget")
-    if config.dataset == "folder" and not config.source:
-        parser.error("--dataset folder needs --source PATH (a class-folder tree or a .tar.gz of one)")
+    if config.dataset in ("folder", "imagenet") and not config.source:
+        parser.error(f"--dataset {config.dataset} needs --source PATH (a class-folder tree)")
     if config.source and not os.path.exists(config.source):
         parser.error(f"--source {config.source}: no such folder or archive")
-    if (config.depth - 2) % 6 or config.depth < 8:
-        parser.error(f"--depth must be 6n + 2 (8, 14, 20, ...), not {config.depth}")
+    try:
+        stages(config.depth, imagenet=config.dataset == "imagenet")
+    except ValueError as err:
+        parser.error(f"--depth: {err}")
+    if config.dataset == "imagenet" and (config.epoch_images == "all" or config.augment_pad == 0):
+        parser.error("--dataset imagenet trains on the labelled images with the standard augmentation: "
+                     "no --epoch-images all or --augment-pad 0")
+    if config.annotations and config.group_size:
+        parser.error("--group-size is for simulated workers (real labels in groups are not supported yet)")
     for flag, folder in (("--out", config.out), ("--data-dir", config.data_dir)):
         if folder and (problem := output_problem(folder, folder=True)):
             parser.error(f"{flag}: {problem}")
@@ -238,6 +260,11 @@ def trainer_module(backend):
 def load(config):
     if config.dataset == "digits":
         return data.load_digits()
+    if config.dataset == "imagenet":
+        try:
+            return imagenet.load(config.source, config.val_size, config.image_size, config.loader_workers)
+        except (OSError, ValueError) as err:
+            raise RunError(str(err)) from err
     if config.dataset == "folder":
         try:
             return data.load_folder(config.source, config.data_dir)
@@ -265,13 +292,21 @@ class Experiment:
         N = len(ds.train_images)
         # The items are the first n of one fixed shuffle (the same for every seed and redundancy):
         # class-folder trees come sorted by class, so CIFAR's own "first n" needs replacing.
-        val_size = config.val_size if config.select_epoch == "val" else 0
-        train_index, val_index = data.validation_split(N, val_size, seed=12345)
-        self.val_index = val_index if val_size else None
-        self.pool = np.random.default_rng(12345).permutation(train_index)
-        where = " after the validation split" if self.val_index is not None else ""
+        self.imagenet = config.dataset == "imagenet"
+        # A validation set of the dataset's own (ImageNet's 10,000), else one held out of the training images.
+        val_size = config.val_size if config.select_epoch == "val" and ds.val_images is None else 0
         if val_size >= N:
             raise RunError(f"--val-size {val_size} leaves none of the {N} training images to train on")
+        train_index, val_index = data.validation_split(N, val_size, seed=12345)
+        self.pool = np.random.default_rng(12345).permutation(train_index)
+        where = " after the validation split" if val_size else ""
+        self.validation = None
+        if val_size:
+            self.validation = (ds.train_images[val_index], ds.train_labels[val_index])
+        elif ds.val_images is not None:
+            self.validation = (ds.val_images, ds.val_labels)
+        if config.group_size and self.K % config.group_size:
+            raise RunError(f"--group-size {config.group_size} does not divide the {self.K} classes")
         self.plan = config.resolved_plan()
         self.real = None
         if config.annotations:
@@ -303,34 +338,43 @@ class Experiment:
             except ValueError as err:
                 raise RunError(str(err)) from err
 
-    def fit(self, targets, items, seed, tag):
+    def fit(self, targets, items, seed, tag, grouped=None):
         """Train on soft targets (twice when two-stage). Returns (train probs, test probs, history).
 
         With epoch_images "all" (the release) the network also sees the rest of the training pool,
         after the labelled items, with all-zero targets: no loss gradient, but BatchNorm statistics
-        and optimizer steps, as the release's iterator over all 50,000 images gives them."""
+        and optimizer steps, as the release's iterator over all 50,000 images gives them.
+        With `grouped` the targets are n x g (each item's group: agg.Grouped), assembled into K
+        classes batch by batch, and the training items' probabilities come back n x g too."""
         key = (digest(targets), seed, digest(items))
         if key in self.trained:
             return self.trained[key]
         c, ds, trainer = self.config, self.ds, self.trainer
         labelled = ds.train_images[items]
         images = ds.train_images[self.pool] if c.epoch_images == "all" else labelled
-        val = (ds.train_images[self.val_index], ds.train_labels[self.val_index]) if self.val_index is not None else None
+        val = self.validation
         test = (ds.test_images, ds.test_labels)
         devices = trainer.parse_gpus(c.gpus)
         options = {"precision": self.precision, "compile": c.compile} if c.backend == "torch" else {}
+        if self.imagenet:  # the standard ImageNet schedule: lr 0.1 per 256 images, x0.1 after 1/3 and 2/3
+            options.update(imagenet=True, milestones=IMAGENET_DROPS)
+        lr = c.lr or (0.1 * c.batch_size / 256 if self.imagenet else None)
         history = []
         for stage in range(2 if c.two_stage else 1):
-            padded = np.zeros((len(images), self.K))
-            padded[:len(items)] = targets
-            net, h = trainer.train(images, padded, self.K, depth=c.depth, epochs=c.epochs, batch_size=c.batch_size,
-                                   lr=c.lr, gpus=c.gpus, seed=seed + stage, select_epoch=c.select_epoch, val=val,
+            if grouped is not None:
+                stage_targets = grouped.batch_targets(targets)
+            else:
+                stage_targets = np.zeros((len(images), self.K))
+                stage_targets[:len(items)] = targets
+            net, h = trainer.train(images, stage_targets, self.K, depth=c.depth, epochs=c.epochs,
+                                   batch_size=c.batch_size, lr=lr, gpus=c.gpus, seed=seed + stage,
+                                   select_epoch=c.select_epoch, val=val,
                                    test=test if c.select_epoch == "test" else None, pad=c.augment_pad,
                                    shuffle=c.shuffle, desc=f"{tag} stage {stage + 1}", **options)
             history += [dict(record, stage=stage + 1) for record in h]
             augment = {"pad": c.augment_pad, "rng": np.random.default_rng([seed, stage])} if c.predict_augmented else {}
-            train_probs = trainer.predict_proba(net, labelled, devices, **augment)
-            targets = agg.one_hot(train_probs.argmax(axis=1), self.K)  # the second stage's targets
+            train_probs = trainer.predict_proba(net, labelled, devices, columns=grouped and grouped.columns, **augment)
+            targets = agg.one_hot(train_probs.argmax(axis=1), train_probs.shape[1])  # the second stage's targets
         result = (train_probs, trainer.predict_proba(net, ds.test_images, devices), history)
         self.trained[key] = result
         return result
@@ -361,9 +405,14 @@ class Experiment:
         start = time.perf_counter()
         truth = ds.train_labels[items]
         rng = np.random.default_rng([seed, r, n, ALGORITHMS.index(algorithm)])
+        # Grouped classes (the paper's ImageNet workers): every estimator runs on the labels' positions
+        # within their group, targets are n x g, and `classes` maps them back to the K classes.
+        grouped = agg.group_labels(ann, c.group_size) if c.group_size else None
+        ann, k = (grouped.local, c.group_size) if grouped else (ann, K)
+        classes = grouped.classes if grouped else (lambda hard: hard)
         confusions = None
         if algorithm == "mv":
-            targets = agg.one_hot(agg.majority_vote(ann, rng), K)
+            targets = agg.one_hot(agg.majority_vote(ann, rng), k)
         elif algorithm == "wmv":
             targets = agg.weighted_majority_vote(ann)
         elif algorithm == "em":
@@ -373,9 +422,10 @@ class Experiment:
             confusions = np.maximum(workers, agg.RELEASE_ZERO)
             targets = agg.posterior(ann, confusions / confusions.sum(axis=2, keepdims=True))
         elif algorithm == "clean":
-            targets = agg.one_hot(truth, K)
+            targets = agg.one_hot(truth % k if grouped else truth, k)
         if algorithm != "mbem":
-            train_probs, test_probs, history = self.fit(targets, items, seed, f"seed {seed} r {r} {algorithm}")
+            train_probs, test_probs, history = self.fit(targets, items, seed, f"seed {seed} r {r} {algorithm}",
+                                                        grouped)
             if algorithm in ("mv", "wmv"):
                 confusions = agg.estimate_confusions(ann, targets)
             if algorithm == "wmv":
@@ -392,17 +442,17 @@ class Experiment:
                     print(f"seed {seed} r {r} mbem: bootstrapped from the saved WMV predictions "
                           f"{self.bootstrap_path(seed, r, n)}", flush=True)
             if predicted is None:
-                predicted = self.fit(agg.weighted_majority_vote(ann), items, seed, f"seed {seed} r {r} wmv")[0]
-                predicted = predicted.argmax(axis=1)
-            train_probs = agg.one_hot(predicted, K)
+                predicted = self.fit(agg.weighted_majority_vote(ann), items, seed, f"seed {seed} r {r} wmv",
+                                     grouped)[0].argmax(axis=1)
+            train_probs = agg.one_hot(predicted, k)
             for t in range(c.rounds):
                 targets, confusions, _ = agg.mbem_step(ann, train_probs, class_prior=c.class_prior)
                 train_probs, test_probs, history = self.fit(targets, items, seed,
-                                                            f"seed {seed} r {r} mbem round {t + 1}")
+                                                            f"seed {seed} r {r} mbem round {t + 1}", grouped)
         record = {"redundancy": r, "n": n, "algorithm": algorithm, "seed": seed,
                   "test_error": top_k_error(test_probs, ds.test_labels, 1),
                   "val_error": selected_val_error(history, c.select_epoch),
-                  "label_accuracy": float((targets.argmax(axis=1) == truth).mean()),
+                  "label_accuracy": float((classes(targets.argmax(axis=1)) == truth).mean()),
                   **worker_fields(ann, confusions, true_accuracy),
                   "epochs": len(history), "backend": c.backend, "precision": self.precision,
                   "wall_seconds": time.perf_counter() - start,
@@ -585,7 +635,8 @@ def main(argv=None):
         print(f"{len(todo) - len(done & set(todo))} of {len(todo)} cells to run; results in {config.out}", flush=True)
     for seed in config.seeds:
         workers = None if config.annotations else noise_sim.simulate_workers(
-            config.workers, len(ds.classes), config.gamma, np.random.default_rng(seed), config.worker_model)
+            config.workers, len(ds.classes), config.gamma, np.random.default_rng(seed), config.worker_model,
+            config.group_size)
         for r, n in experiment.plan:
             items, ann, true_accuracy = experiment.labels(seed, r, n, workers)
             for algorithm in order(config.algorithms):

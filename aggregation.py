@@ -227,6 +227,20 @@ class Grouped:
         """Global class ids of per-item positions within the group."""
         return self.group * self.g + local_hard
 
+    def columns(self, idx):
+        """The K-class columns of items idx's groups (B x g): what a model's prediction is cut to."""
+        return self.group[idx][:, None] * self.g + np.arange(self.g)
+
+    def batch_targets(self, probs):
+        """idx -> B x K soft targets of a batch: each item's g probabilities placed in its group
+        (rows past the n items, images that only pass through, are zero). n x K never exists."""
+        def assemble(idx):
+            out = np.zeros((len(idx), self.K), dtype=np.float32)
+            inside = np.flatnonzero(idx < len(probs))
+            out[inside[:, None], self.columns(idx[inside])] = probs[idx[inside]]
+            return out
+        return assemble
+
 
 def group_labels(ann, g):
     """Grouped form of `ann` (K a multiple of g); an item whose labels lie in two groups is an

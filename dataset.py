@@ -33,7 +33,9 @@ class Dataset:
     test_images: np.ndarray
     test_labels: np.ndarray
     classes: list
-    train_names: list = None  # what names each training image in an annotations CSV (see names_of)
+    train_names: list = None  # what names each training image in an annotations CSV
+    val_images: object = None  # a validation set of its own (ImageNet's), else split from the training images
+    val_labels: np.ndarray = None
 
 
 def data_dir(path=None):

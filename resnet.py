@@ -40,7 +40,7 @@ from mxnet import autograd, gluon  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from pipeline import batches, gpu_ids  # noqa: E402
+from pipeline import DROPS, batches, gather, gpu_ids, rows, stages, update_steps  # noqa: E402
 
 BN = {"epsilon": 2e-5, "momentum": 0.9}  # the release's BatchNorm settings
 
@@ -71,18 +71,22 @@ class Unit(nn.HybridBlock):
 
 
 class ResNet(nn.HybridBlock):
-    """Pre-activation ResNet of depth 6n + 2 returning log-probabilities (batch x classes)."""
+    """Pre-activation ResNet returning log-probabilities (batch x classes): CIFAR's depth 6n + 2
+    (a 3x3 stem), or with imagenet=True ResNet-18/34 (a 7x7 stride-2 stem, BN-ReLU, 3x3 max pool),
+    as the release's network builds both (its data_type "cifar10" and "imagenet")."""
 
-    def __init__(self, depth, classes, filters=(16, 32, 64)):
+    def __init__(self, depth, classes, imagenet=False):
         super().__init__()
-        if (depth - 2) % 6 or depth < 8:
-            raise ValueError(f"depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), not {depth}")
-        units = (depth - 2) // 6
+        units, filters = stages(depth, imagenet)
         self.features = nn.HybridSequential()
         self.features.add(nn.BatchNorm(scale=False, **BN))  # BN on the raw input (fixed gamma, as released)
-        self.features.add(nn.Conv2D(filters[0], 3, 1, 1, use_bias=False))
-        for stage, channels in enumerate(filters):
-            for unit in range(units):
+        if imagenet:
+            self.features.add(nn.Conv2D(filters[0], 7, 2, 3, use_bias=False), nn.BatchNorm(**BN),
+                              nn.Activation("relu"), nn.MaxPool2D(3, 2, 1))
+        else:
+            self.features.add(nn.Conv2D(filters[0], 3, 1, 1, use_bias=False))
+        for stage, (count, channels) in enumerate(zip(units, filters, strict=True)):
+            for unit in range(count):
                 self.features.add(Unit(channels, 2 if stage and not unit else 1, project=unit == 0))
         self.features.add(nn.BatchNorm(**BN), nn.Activation("relu"), nn.GlobalAvgPool2D(), nn.Flatten())
         self.output = nn.Dense(classes)
@@ -103,10 +107,10 @@ class SoftTargetLoss(nn.HybridBlock):
         return -F.sum(target * log_probs, axis=1), log_probs
 
 
-def build(depth, classes, contexts, seed):
+def build(depth, classes, contexts, seed, imagenet=False):
     """A fresh ResNet with the release's Xavier init, hybridized with a static memory plan."""
     mx.random.seed(seed)
-    net = ResNet(depth, classes)
+    net = ResNet(depth, classes, imagenet)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=contexts)
     net.hybridize(static_alloc=True, static_shape=True)
     return net
@@ -136,16 +140,17 @@ def nag(net, lr, schedule=None, wd=1e-4):
     return gluon.Trainer(params, "nag", options if schedule is None else dict(options, lr_scheduler=schedule))
 
 
-def predict_proba(net, images, contexts, batch_size=500, pad=0, rng=None):
-    """Class probabilities (n, K) for uint8 images, in batches; rows sum to 1. With pad > 0 each
-    image is augmented once first (the release predicts the training items through its training
-    iterator: randomly cropped and mirrored)."""
+def predict_proba(net, images, contexts, batch_size=500, pad=0, rng=None, columns=None):
+    """Class probabilities (n, K) for uint8 images (or an image stream), in batches; rows sum to 1.
+    With pad > 0 each image is augmented once first (the release predicts the training items
+    through its training iterator: randomly cropped and mirrored). columns(idx) -> (B, g) keeps
+    only those classes of each row (the grouped form: n x g, never n x K)."""
     out = []
-    for x, _ in batches(images, None, batch_size, rng, pad=pad):
+    for x, idx in batches(images, batch_size, rng, pad=pad):
         parts = [net(mx.nd.array(part, ctx=ctx)) for part, ctx in zip(split(x, contexts), contexts, strict=True)]
-        out.extend(np.exp(p.asnumpy().astype(np.float64)) for p in parts)
-    probs = np.concatenate(out)
-    return probs / probs.sum(axis=1, keepdims=True)
+        probs = np.exp(np.concatenate([p.asnumpy() for p in parts]).astype(np.float64))
+        out.append(gather(probs / probs.sum(axis=1, keepdims=True), idx, columns))
+    return np.concatenate(out)
 
 
 def accuracy(net, images, labels, contexts, batch_size=500):
@@ -153,7 +158,8 @@ def accuracy(net, images, labels, contexts, batch_size=500):
 
 
 def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
-          select_epoch="last", val=None, test=None, pad=4, shuffle=True, progress=True, desc="train", contexts=None):
+          select_epoch="last", val=None, test=None, pad=4, shuffle=True, progress=True, desc="train", contexts=None,
+          imagenet=False, milestones=DROPS):
     """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image
     that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
 
@@ -170,12 +176,12 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
     batch_size = min(batch_size, len(images))
     lr = 0.5 * batch_size / 500 if lr is None else lr
     rng = np.random.default_rng(seed)
-    net = build(depth, classes, contexts, seed)
+    net = build(depth, classes, contexts, seed, imagenet)
     model = SoftTargetLoss(net)
     model.hybridize(static_alloc=True, static_shape=True)
     steps = len(images) // batch_size
-    schedule = mx.lr_scheduler.MultiFactorScheduler(
-        step=[max(1, steps * epochs * 2 // 3), max(2, steps * epochs * 5 // 6)], factor=0.1, base_lr=lr)
+    schedule = mx.lr_scheduler.MultiFactorScheduler(step=update_steps(steps * epochs, milestones), factor=0.1,
+                                                    base_lr=lr)
     trainer = nag(net, lr, schedule)
     monitor = {"val": val, "test": test}
     if select_epoch != "last" and monitor.get(select_epoch) is None:
@@ -186,9 +192,10 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
         loss_sum = [mx.nd.zeros(1, ctx=c) for c in contexts]
         correct = [mx.nd.zeros(1, ctx=c) for c in contexts]
         counted = [mx.nd.zeros(1, ctx=c) for c in contexts]
-        bar = tqdm(batches(images, targets, batch_size, rng, shuffle=shuffle, pad=pad, drop_last=True), total=steps,
+        bar = tqdm(batches(images, batch_size, rng, shuffle=shuffle, pad=pad, drop_last=True), total=steps,
                    disable=not progress, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, unit="batch")
-        for x, q in bar:
+        for x, idx in bar:
+            q = rows(targets, idx)
             xs = [mx.nd.array(p, ctx=c) for p, c in zip(split(x, contexts), contexts, strict=True)]
             qs = [mx.nd.array(p, ctx=c) for p, c in zip(split(q, contexts), contexts, strict=True)]
             with autograd.record():

@@ -41,7 +41,7 @@ import torch.nn.functional as F  # noqa: N812 (the universal spelling)
 from torch import nn
 from tqdm import tqdm
 
-from pipeline import batches, gpu_ids
+from pipeline import DROPS, batches, gather, gpu_ids, rows, stages, update_steps
 
 BN = {"eps": 2e-5, "momentum": 0.1}  # MXNet's BatchNorm(eps=2e-5, momentum=0.9)
 
@@ -115,19 +115,22 @@ class Unit(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Pre-activation ResNet of depth 6n + 2 returning logits (batch x classes)."""
+    """Pre-activation ResNet returning logits (batch x classes): CIFAR's depth 6n + 2, or with
+    imagenet=True ResNet-18/34 (resnet.ResNet, the same layers in the same order)."""
 
-    def __init__(self, depth, classes, in_channels=3, filters=(16, 32, 64)):
+    def __init__(self, depth, classes, in_channels=3, imagenet=False):
         super().__init__()
-        if (depth - 2) % 6 or depth < 8:
-            raise ValueError(f"depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), not {depth}")
-        units = (depth - 2) // 6
+        units, filters = stages(depth, imagenet)
         self.bn_data = nn.BatchNorm2d(in_channels, **BN)
         self.bn_data.weight.requires_grad_(False)  # fixed scale 1, learnable shift (the release's fix_gamma)
-        layers = [nn.Conv2d(in_channels, filters[0], 3, 1, 1, bias=False)]
+        if imagenet:
+            layers = [nn.Conv2d(in_channels, filters[0], 7, 2, 3, bias=False), nn.BatchNorm2d(filters[0], **BN),
+                      nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+        else:
+            layers = [nn.Conv2d(in_channels, filters[0], 3, 1, 1, bias=False)]
         channels = filters[0]
-        for stage, width in enumerate(filters):
-            for unit in range(units):
+        for stage, (count, width) in enumerate(zip(units, filters, strict=True)):
+            for unit in range(count):
                 layers.append(Unit(channels, width, 2 if stage and not unit else 1, project=unit == 0))
                 channels = width
         self.features = nn.Sequential(*layers, nn.BatchNorm2d(channels, **BN), nn.ReLU(),
@@ -170,10 +173,10 @@ class Model:
         return torch.from_numpy(x).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
-def build(depth, classes, device, seed, precision="fp32", compile=False, in_channels=3):
+def build(depth, classes, device, seed, precision="fp32", compile=False, in_channels=3, imagenet=False):
     """A fresh ResNet with the release's init, channels-last on `device`, compiled if asked."""
     torch.manual_seed(seed)
-    net = ResNet(depth, classes, in_channels)
+    net = ResNet(depth, classes, in_channels, imagenet)
     xavier_(net)
     net = net.to(device, memory_format=torch.channels_last)
     forward = net
@@ -185,21 +188,22 @@ def build(depth, classes, device, seed, precision="fp32", compile=False, in_chan
     return Model(net, forward, device, precision)
 
 
-def predict_proba(model, images, devices=None, batch_size=500, pad=0, rng=None):
-    """Class probabilities (n, K) for uint8 images, in batches; rows sum to 1. With pad > 0 each
-    image is augmented once first (the release predicts through its training iterator). The last
-    batch is padded to full size so a compiled network sees one shape."""
+def predict_proba(model, images, devices=None, batch_size=500, pad=0, rng=None, columns=None):
+    """Class probabilities (n, K) for uint8 images (or an image stream), in batches; rows sum to 1.
+    With pad > 0 each image is augmented once first (the release predicts through its training
+    iterator). columns(idx) -> (B, g) keeps only those classes of each row (the grouped form). The
+    last batch is padded to full size so a compiled network sees one shape."""
     model.net.eval()
     out = []
     with torch.no_grad(), model.autocast():
-        for x, _ in batches(images, None, batch_size, rng, pad=pad):
+        for x, idx in batches(images, batch_size, rng, pad=pad):
             short = len(x)
             if short < batch_size and len(images) >= batch_size:
                 x = np.concatenate([x, np.zeros((batch_size - short, *x.shape[1:]), np.float32)])
             logits = model.forward(model.tensor(x))[:short]
-            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64))
-    probs = np.concatenate(out)
-    return probs / probs.sum(axis=1, keepdims=True)
+            probs = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
+            out.append(gather(probs, idx, columns))
+    return np.concatenate(out)
 
 
 def accuracy(model, images, labels, devices=None, batch_size=500):
@@ -227,7 +231,7 @@ def learning_rate(base, step, milestones):
 
 def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
           select_epoch="last", val=None, test=None, pad=4, shuffle=True, precision="fp32", compile=False,
-          progress=True, desc="train", devices=None):
+          progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS):
     """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image
     that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
     The arguments are resnet.train's, plus precision ('fp32' or 'bf16') and compile.
@@ -239,14 +243,14 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
         raise ValueError(f"batch size {batch_size} does not split evenly over {world} processes")
     lr = 0.5 * batch_size / 500 if lr is None else lr
     rng = np.random.default_rng(seed)
-    model = build(depth, classes, device, seed, precision, compile, images.shape[1])
+    model = build(depth, classes, device, seed, precision, compile, images.shape[1], imagenet)
     net = model.net
     trained = net if world == 1 else nn.parallel.DistributedDataParallel(net, device_ids=None if device.type == "cpu"
                                                                          else [device])
     step_fn = model.forward if world == 1 else trained  # DDP runs the eager module (compiled DDP is a later step)
     optimizer = nag(net, lr)
     steps = len(images) // batch_size
-    milestones = (max(1, steps * epochs * 2 // 3), max(2, steps * epochs * 5 // 6))
+    drops = update_steps(steps * epochs, milestones)
     monitor = {"val": val, "test": test}
     if select_epoch != "last" and monitor.get(select_epoch) is None:
         raise ValueError(f"select_epoch={select_epoch!r} needs {select_epoch} images and labels")
@@ -256,13 +260,13 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
         net.train()
         start = time.perf_counter()
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, rows with a target
-        bar = tqdm(batches(images, targets, batch_size, rng, shuffle=shuffle, pad=pad, drop_last=True), total=steps,
+        bar = tqdm(batches(images, batch_size, rng, shuffle=shuffle, pad=pad, drop_last=True), total=steps,
                    disable=not progress or rank, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, unit="batch")
-        for x, q in bar:
+        for x, idx in bar:
             update += 1
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(lr, update, milestones)
-            x, q = model.tensor(x[local]), torch.from_numpy(q[local]).to(device)
+                group["lr"] = learning_rate(lr, update, drops)
+            x, q = model.tensor(x[local]), torch.from_numpy(rows(targets, idx[local])).to(device)
             with model.autocast():
                 logits = step_fn(x)
             per_item, log_probs = soft_target_loss(logits, q)

@@ -25,10 +25,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def synthetic(n, rng):
+def synthetic(n, rng, size=32):
     import numpy as np
 
-    return rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), np.eye(10)[rng.integers(0, 10, n)]
+    return rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8), np.eye(10)[rng.integers(0, 10, n)]
 
 
 def ours(args):
@@ -38,9 +38,9 @@ def ours(args):
     import mxnet as mx
     import numpy as np
 
-    images, targets = synthetic(args.images, np.random.default_rng(0))
+    images, targets = synthetic(args.images, np.random.default_rng(0), args.size)
     net, history = resnet.train(images, targets, 10, depth=args.depth, epochs=args.epochs,
-                                batch_size=args.batch, progress=False)
+                                batch_size=args.batch, progress=False, imagenet=args.imagenet)
     resnet.predict_proba(net, images[:args.batch], [mx.cpu()], batch_size=args.batch)  # warm-up: graph for eval
     start = time.perf_counter()
     resnet.predict_proba(net, images, [mx.cpu()], batch_size=args.batch)
@@ -52,10 +52,10 @@ def torch_variant(args):
 
     import resnet_torch
 
-    images, targets = synthetic(args.images, np.random.default_rng(0))
+    images, targets = synthetic(args.images, np.random.default_rng(0), args.size)
     model, history = resnet_torch.train(images, targets, 10, depth=args.depth, epochs=args.epochs,
                                         batch_size=args.batch, precision=args.precision, compile=args.compile,
-                                        progress=False)
+                                        progress=False, imagenet=args.imagenet)
     resnet_torch.predict_proba(model, images[:args.batch], batch_size=args.batch)  # warm-up: compiles eval mode
     start = time.perf_counter()
     resnet_torch.predict_proba(model, images, batch_size=args.batch)
@@ -111,7 +111,7 @@ def print_pipeline_speed(batch=128, images=20000):
         pipeline.augment(data[b:b + batch], rng)
     augment = images / (time.perf_counter() - start)
     start = time.perf_counter()
-    for _ in pipeline.batches(data, targets, batch, rng, shuffle=True, pad=4, drop_last=True):
+    for _ in pipeline.batches(data, batch, rng, shuffle=True, pad=4, drop_last=True):
         pass
     whole = images / (time.perf_counter() - start)
     print(f"input pipeline, batch {batch}: augmentation {augment:.0f} img/s, whole iterator {whole:.0f} img/s")
@@ -122,7 +122,8 @@ def child(variant, batch, args, threads=None, precision="fp32", compile=False):
     threads=None leaves OMP_NUM_THREADS unset, so mxnet picks its default."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--batch", str(batch),
            "--depth", str(args.depth), "--images", str(args.images), "--epochs", str(args.epochs),
-           "--precision", precision, "--compile" if compile else "--no-compile"]
+           "--precision", precision, "--compile" if compile else "--no-compile", "--size", str(args.size)]
+    cmd += ["--imagenet"] if args.imagenet else []
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -141,6 +142,9 @@ def main():
     parser.add_argument("--batches", default="128,500", help="comma-separated batch sizes")
     parser.add_argument("--images", type=int, default=5000, help="synthetic 32 x 32 images per epoch")
     parser.add_argument("--epochs", type=int, default=2, help="the last epoch is timed (the first warms up)")
+    parser.add_argument("--imagenet", action="store_true", help="ResNet-18/34 in the ImageNet form (--depth 18) "
+                                                                    "at --size; the MXNet and torch trainers only")
+    parser.add_argument("--size", type=int, default=32, help="image side (ImageNet: 224)")
     parser.add_argument("--child", choices=["ours", "plain", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=128, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
@@ -156,10 +160,12 @@ def main():
     print_pipeline_speed(ref)
     native = resnet_torch.native_bf16(resnet_torch.parse_gpus(None)[0])
     preset = resnet_torch.resolve_precision("auto")  # what `--preset cpu` trains in on this machine
-    print(f"ResNet-{args.depth}, {resnet_torch.cpu_capability()} CPU ({os.cpu_count()} cores), {args.images} "
+    print(f"ResNet-{args.depth}{' (ImageNet form)' if args.imagenet else ''} at {args.size} x {args.size}, "
+          f"{resnet_torch.cpu_capability()} CPU ({os.cpu_count()} cores), {args.images} "
           f"synthetic images, epoch {args.epochs} of {args.epochs} timed; native bf16: {'yes' if native else 'no'}")
-    variants = [("mxnet", "ours", {}), ("plain-gluon", "plain", {}), ("plain+threads", "plain",
-                                                                      {"threads": os.cpu_count()})]
+    variants = [("mxnet", "ours", {})]
+    if not args.imagenet:
+        variants += [("plain-gluon", "plain", {}), ("plain+threads", "plain", {"threads": os.cpu_count()})]
     variants += [(f"torch {p}{' compiled' if c else ''}", "torch", {"precision": p, "compile": c})
                  for p in ("fp32", "bf16") for c in (False, True) if p == "fp32" or native]
     speeds = {}
@@ -171,8 +177,9 @@ def main():
             speeds[name, batch] = train_speed
             print(f"batch {batch:4d} {name:21s} train img/s {train_speed:7.1f}  inference img/s {infer_speed:7.1f}  "
                   f"peak RSS MB {peak:6.0f}", flush=True)
-    print(f"mxnet against plain-gluon: {speeds['mxnet', ref] / speeds['plain-gluon', ref]:.2f} "
-          f"(against plain+threads: {speeds['mxnet', ref] / speeds['plain+threads', ref]:.2f}), batch {ref}")
+    if not args.imagenet:
+        print(f"mxnet against plain-gluon: {speeds['mxnet', ref] / speeds['plain-gluon', ref]:.2f} "
+              f"(against plain+threads: {speeds['mxnet', ref] / speeds['plain+threads', ref]:.2f}), batch {ref}")
     torch_name = f"torch {preset} compiled"
     print(f"train img/s mxnet: {speeds['mxnet', ref]:.1f} torch: {speeds[torch_name, ref]:.1f} "
           f"ratio: {speeds[torch_name, ref] / speeds['mxnet', ref]:.2f}")

@@ -22,19 +22,19 @@ def test_augment_pads_crops_and_mirrors():
 
 def test_shuffle_off_keeps_one_batch_order():
     images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
-    fixed = [x.ravel().tolist() for x, _ in pipeline.batches(images, None, 4, np.random.default_rng(0),
+    fixed = [x.ravel().tolist() for x, _ in pipeline.batches(images, 4, np.random.default_rng(0),
                                                                drop_last=True)]
     assert fixed == [[0, 1, 2, 3], [4, 5, 6, 7]]
     rng = np.random.default_rng(0)
-    first = [x.ravel().tolist() for x, _ in pipeline.batches(images, None, 4, rng, shuffle=True)]
-    second = [x.ravel().tolist() for x, _ in pipeline.batches(images, None, 4, rng, shuffle=True)]
+    first = [x.ravel().tolist() for x, _ in pipeline.batches(images, 4, rng, shuffle=True)]
+    second = [x.ravel().tolist() for x, _ in pipeline.batches(images, 4, rng, shuffle=True)]
     assert first != second and sorted(sum(first, [])) == list(range(10))
 
 
 def test_batches_keep_the_last_short_batch_unless_told():
     images = np.zeros((10, 1, 2, 2), dtype=np.uint8)
-    assert [len(x) for x, _ in pipeline.batches(images, None, 4)] == [4, 4, 2]
-    assert [len(x) for x, _ in pipeline.batches(images, None, 4, drop_last=True)] == [4, 4]
+    assert [len(x) for x, _ in pipeline.batches(images, 4)] == [4, 4, 2]
+    assert [len(x) for x, _ in pipeline.batches(images, 4, drop_last=True)] == [4, 4]
 
 
 def test_gpu_ids():
