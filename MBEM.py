@@ -15,11 +15,11 @@ resnet.train or resnet_torch.train -> test error -> a cell in results.json -> re
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata
@@ -493,10 +493,9 @@ def save_bootstrap(path, predicted, ann):
     """The WMV model's predicted classes, with a digest of the labels they belong to, written
     atomically (a killed run never leaves half a file)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        np.savez_compressed(f, predicted=predicted.astype(np.int32), labels_digest=labels_digest(ann))
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, predicted=predicted.astype(np.int32), labels_digest=labels_digest(ann))
+    agg.atomic_write(path, buffer.getvalue())
 
 
 def load_bootstrap(path, ann):
@@ -565,14 +564,7 @@ def cpu_model():
 
 
 def write_json(path, obj):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)  # no half-written file left behind
-        raise
+    agg.atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
 def save(results, out):

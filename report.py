@@ -12,12 +12,14 @@ and the interval mean +- t_{0.975, S-1} sd(d) / sqrt(S) over the S seeds.
 """
 
 import csv
+import io
 import math
 import os
-import tempfile
 
 import numpy as np
 from scipy import stats
+
+from aggregation import atomic_write
 
 NAMES = {"mv": "majority vote", "wmv": "weighted MV", "em": "label-only EM", "mbem": "MBEM",
          "oracle": "oracle confusions", "clean": "clean labels"}
@@ -76,12 +78,11 @@ def paired_rows(cells):
 
 
 def write_csv(path, rows, columns):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue().encode())
 
 
 def worker_points(cells, algorithm, r):
