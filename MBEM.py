@@ -448,6 +448,8 @@ class Experiment:
             if predicted is None:
                 predicted = self.fit(agg.weighted_majority_vote(ann), items, seed, f"seed {seed} r {r} wmv",
                                      grouped)[0].argmax(axis=1)
+                if self.writer:  # kept like a WMV cell's: a killed MBEM cell resumes without retraining it
+                    save_bootstrap(self.bootstrap_path(seed, r, n), predicted, ann)
             train_probs = agg.one_hot(predicted, k)
             for t in range(c.rounds):
                 targets, confusions, _ = agg.mbem_step(ann, train_probs, class_prior=c.class_prior)
