@@ -303,3 +303,11 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypa
     with pytest.raises(SystemExit) as stop:
         MBEM.main(["--preset", "smoke", "--out", str(tmp_path / "new" / "out")])
     assert stop.value.code == 2 and not (tmp_path / "new").exists()
+
+
+def test_mbem_alone_keeps_the_wmv_predictions_it_trained(tmp_path):
+    out = tmp_path / "alone"
+    result = run("--preset", "smoke", "--algorithms", "mbem", "--redundancy", "1", "--epochs", "1", "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "bootstrap" / "wmv-seed0-r1-n600.npz").exists()
+    assert [c["algorithm"] for c in json.loads((out / "results.json").read_text())["cells"]] == ["mbem"]
