@@ -243,4 +243,5 @@ def test_torch_fp32_and_mxnet_learn_real_cifar_alike():
         net, _ = module.train(images, targets, 10, depth=8, epochs=4, batch_size=100, progress=False)
         devices = module.parse_gpus(None)
         errors[name] = 1 - module.accuracy(net, test_images, test_labels, devices)
-    assert errors["torch"] < 0.7 and abs(errors["torch"] - errors["mxnet"]) <= 0.03, errors
+    assert errors["torch"] < 0.7 and errors["mxnet"] < 0.7  # chance: 0.9
+    assert abs(errors["torch"] - errors["mxnet"]) <= 0.03, errors
