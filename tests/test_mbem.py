@@ -60,8 +60,11 @@ def test_smoke_results_make_sense(smoke_run):
     error = {(c["redundancy"], c["algorithm"]): c["test_error"] for c in cells}
     label_accuracy = {(c["redundancy"], c["algorithm"]): c["label_accuracy"] for c in cells}
     mae = {(c["redundancy"], c["algorithm"]): c["worker_accuracy_mae"] for c in cells}
+    # r = 1 trains on 600 items: clean labels (about 0.17 error) beat majority vote (about 0.55) by
+    # far more than MXNet's run-to-run spread. At r = 3 the 200 items give 40 steps in all, every
+    # model stays near chance and their order is noise (clean 0.716 vs MV 0.640 failed CI once).
+    assert error[1, "clean"] < error[1, "mv"] - 0.1
     for r in (1, 3):
-        assert error[r, "clean"] <= error[r, "mv"]  # clean labels do not lose to majority vote
         assert label_accuracy[r, "clean"] == 1.0
         assert label_accuracy[r, "oracle"] >= label_accuracy[r, "mv"]
         assert mae[r, "oracle"] == 0.0
