@@ -198,6 +198,17 @@ def format_table(results):
     return "\n".join(lines)
 
 
+def trained_with(cells):
+    """How the cells' models were trained, e.g. "torch fp32: 5 cells". A run resumed on another
+    machine can mix these (precision "auto" is bf16 only where the CPU or GPU computes it)."""
+    counts = {}
+    for cell in cells:
+        key = f"{cell.get('backend', '?')} {cell.get('precision', '?')}"
+        counts[key] = counts.get(key, 0) + 1
+    mixed = "  (mixed: compare cells of one kind)" if len(counts) > 1 else ""
+    return "trained with " + ", ".join(f"{k}: {v} cell{'s' * (v > 1)}" for k, v in sorted(counts.items())) + mixed
+
+
 def report(results, out):
     """Write every file above from `results` and print the tables and paired differences."""
     write_csv(os.path.join(out, "results.csv"), results["cells"], CSV_COLUMNS)
@@ -206,6 +217,7 @@ def report(results, out):
                                                       "ci_low", "ci_high", "mbem_wins"])
     plot_error(results, out)
     plot_worker_accuracy(results, out)
+    print(trained_with(results["cells"]))
     print(format_table(results))
     if rows:
         print(format_paired(rows))

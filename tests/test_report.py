@@ -60,3 +60,11 @@ def test_report_writes_every_file(tmp_path, capsys):
         assert [row["comparison"] for row in csv.DictReader(f)] == ["mbem - wmv", "mbem - wmv"]
     printed = capsys.readouterr().out
     assert "MBEM won 2 of 3" in printed and "95% CI" in printed
+
+
+def test_trained_with_names_a_mix_of_precisions():
+    same = [cell("wmv", 1, s, 0.5, backend="torch", precision="fp32") for s in (0, 1)]
+    assert report.trained_with(same) == "trained with torch fp32: 2 cells"
+    mixed = same + [cell("mbem", 1, 0, 0.4, backend="torch", precision="bf16")]
+    assert report.trained_with(mixed) == ("trained with torch bf16: 1 cell, torch fp32: 2 cells"
+                                          "  (mixed: compare cells of one kind)")
