@@ -1,4 +1,4 @@
-# make setup | make test | make demo | make bench
+# make setup | make test | make demo | make bench | make results
 PY := python3.11
 # PyTorch for --backend torch: the CPU build by default; a GPU machine overrides it, e.g.
 #   make setup TORCH=torch==2.13.0   (PyPI's Linux wheel of torch is the CUDA build)
@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench results clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,21 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/bench_aggregation.py
 	$(BIN)/python bench/bench_train.py
+
+# Every committed results/ folder, one training at a time (never two on a small CPU), each command
+# resuming its own folder: hours on a CPU, see README "Reproducing the paper". FLAGS=--no-compile
+# where torch.compile does not pay (a CPU without native bf16).
+CIFAR ?= ../shared/data/cifar10-jpeg.tar.gz
+CIFAR10N ?= ../shared/data/crowd/cifar10n
+RUN = $(BIN)/python MBEM.py --dataset folder --source $(CIFAR) $(FLAGS)
+results: setup
+	$(RUN) --preset cpu
+	@# MBEM alone starts from the cpu run's WMV models (same labels, same training; their labels digest is checked)
+	mkdir -p results/cpu-rounds/bootstrap && cp -n results/cpu/bootstrap/wmv-seed*-r1-*.npz results/cpu-rounds/bootstrap/
+	$(RUN) --preset cpu --algorithms mbem --rounds 2 --class-prior --redundancy 1 --out results/cpu-rounds
+	$(RUN) --preset cpu --algorithms wmv,mbem --redundancy 5 --epoch-images all --out results/cpu-release-loop
+	$(BIN)/python cifar10n.py $(CIFAR10N) --items jpeg --out data/cifar10n-jpeg.csv
+	$(RUN) --preset cifar10n --annotations data/cifar10n-jpeg.csv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
