@@ -37,7 +37,7 @@ RUN = $(BIN)/python MBEM.py --dataset folder --source $(CIFAR) $(FLAGS)
 results: setup
 	$(RUN) --preset cpu
 	@# MBEM alone starts from the cpu run's WMV models (same labels, same training; their labels digest is checked)
-	mkdir -p results/cpu-rounds/bootstrap && cp -n results/cpu/bootstrap/wmv-seed*-r1-*.npz results/cpu-rounds/bootstrap/
+	mkdir -p results/cpu-rounds/bootstrap && cp results/cpu/bootstrap/wmv-seed*-r1-*.npz results/cpu-rounds/bootstrap/
 	$(RUN) --preset cpu --algorithms mbem --rounds 2 --class-prior --redundancy 1 --out results/cpu-rounds
 	$(RUN) --preset cpu --algorithms wmv,mbem --redundancy 5 --epoch-images all --out results/cpu-release-loop
 	$(BIN)/python cifar10n.py $(CIFAR10N) --items jpeg --out data/cifar10n-jpeg.csv
