@@ -314,3 +314,24 @@ def test_mbem_alone_keeps_the_wmv_predictions_it_trained(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "bootstrap" / "wmv-seed0-r1-n600.npz").exists()
     assert [c["algorithm"] for c in json.loads((out / "results.json").read_text())["cells"]] == ["mbem"]
+
+
+def test_targets_within_float32_rounding_reuse_the_trained_model(monkeypatch):
+    """Label-only EM at r = 1 on many items ends within 1e-10 of majority vote's one-hot rows: the
+    same float32 targets, so the cell reuses MV's model instead of a second full training. A real
+    difference, another seed or other items train anew."""
+    from dataclasses import replace
+    config = replace(MBEM.PRESETS["smoke"], epochs=1, two_stage=False, select_epoch="last")
+    experiment = MBEM.Experiment(config, MBEM.load(config))
+    calls = []
+    train = experiment.trainer.train
+    monkeypatch.setattr(experiment.trainer, "train", lambda *a, **k: calls.append(1) or train(*a, **k))
+    items = experiment.pool[:100]
+    targets = np.eye(10)[experiment.ds.train_labels[items]]
+    first = experiment.fit(targets, items, 0, "mv")
+    near = np.abs(targets - 3.6e-11)  # EM's rows at r = 1: 1 - 3.6e-11 and 3.6e-11 where MV has 1 and 0
+    assert experiment.fit(near, items, 0, "em") is first and len(calls) == 1
+    experiment.fit(0.99 * targets + 0.001, items, 0, "soft")  # a real difference
+    experiment.fit(targets, items, 1, "mv")  # another seed
+    experiment.fit(targets[:50], items[:50], 0, "mv")  # other items
+    assert len(calls) == 4
