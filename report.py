@@ -15,6 +15,7 @@ import csv
 import io
 import math
 import os
+from collections import Counter
 
 import numpy as np
 from scipy import stats
@@ -201,10 +202,7 @@ def format_table(results):
 def trained_with(cells):
     """How the cells' models were trained, e.g. "torch fp32: 5 cells". A run resumed on another
     machine can mix these (precision "auto" is bf16 only where the CPU or GPU computes it)."""
-    counts = {}
-    for cell in cells:
-        key = f"{cell.get('backend', '?')} {cell.get('precision', '?')}"
-        counts[key] = counts.get(key, 0) + 1
+    counts = Counter(f"{cell.get('backend', '?')} {cell.get('precision', '?')}" for cell in cells)
     mixed = "  (mixed: compare cells of one kind)" if len(counts) > 1 else ""
     return "trained with " + ", ".join(f"{k}: {v} cell{'s' * (v > 1)}" for k, v in sorted(counts.items())) + mixed
 
