@@ -205,7 +205,9 @@ def test_precision_resolution():
     assert resnet_torch.resolve_precision("fp32") == "fp32"
     native = resnet_torch.native_bf16(CPU)
     assert resnet_torch.resolve_precision("auto") == ("bf16" if native else "fp32")
-    if not native:
+    if native:
+        assert resnet_torch.resolve_precision("bf16") == "bf16"
+    else:
         with pytest.raises(ValueError, match="no native bf16"):
             resnet_torch.resolve_precision("bf16")
 
@@ -230,14 +232,19 @@ def test_compiled_network_trains_and_predicts():
     assert model.forward is not model.net and probs.shape == (50, 3) and np.isfinite(history[-1]["loss"])
 
 
-def test_torch_fp32_and_mxnet_learn_real_cifar_alike():
-    """ResNet-8 on 4,000 shared CIFAR JPEGs with clean labels, 4 epochs, the same batches and
-    augmentation (pipeline.py, one seed): the two frameworks' test errors agree within 0.03."""
+def cifar_subset():
+    """4,000 shared CIFAR training JPEGs with clean labels, 2,000 test images (seeded picks)."""
     ds = dataset.load_folder(shared_path("cifar10-jpeg.tar.gz"), progress=False)
     pick = np.random.default_rng(0).permutation(len(ds.train_images))[:4000]
     test = np.random.default_rng(1).permutation(len(ds.test_images))[:2000]
-    images, targets = ds.train_images[pick], np.eye(10)[ds.train_labels[pick]]
-    test_images, test_labels = ds.test_images[test], ds.test_labels[test]
+    return (ds.train_images[pick], np.eye(10)[ds.train_labels[pick]], ds.test_images[test],
+            ds.test_labels[test])
+
+
+def test_torch_fp32_and_mxnet_learn_real_cifar_alike():
+    """ResNet-8 on 4,000 shared CIFAR JPEGs with clean labels, 4 epochs, the same batches and
+    augmentation (pipeline.py, one seed): the two frameworks' test errors agree within 0.03."""
+    images, targets, test_images, test_labels = cifar_subset()
     errors = {}
     for name, module in (("torch", resnet_torch), ("mxnet", resnet)):
         net, _ = module.train(images, targets, 10, depth=8, epochs=4, batch_size=100, progress=False)
@@ -245,3 +252,17 @@ def test_torch_fp32_and_mxnet_learn_real_cifar_alike():
         errors[name] = 1 - module.accuracy(net, test_images, test_labels, devices)
     assert errors["torch"] < 0.7 and errors["mxnet"] < 0.7  # chance: 0.9
     assert abs(errors["torch"] - errors["mxnet"]) <= 0.03, errors
+
+
+@pytest.mark.skipif(not resnet_torch.native_bf16(CPU), reason="bf16 is emulated on this CPU (no AVX512-BF16 or AMX)")
+def test_bf16_and_fp32_learn_real_cifar_alike():
+    """The same run as above in torch fp32 and bf16 autocast: test errors within 0.03, so that
+    `--precision auto` picking bf16 on one machine and fp32 on another is a speed choice only."""
+    images, targets, test_images, test_labels = cifar_subset()
+    errors = {}
+    for precision in ("fp32", "bf16"):
+        model, _ = resnet_torch.train(images, targets, 10, depth=8, epochs=4, batch_size=100, precision=precision,
+                                      progress=False)
+        errors[precision] = 1 - resnet_torch.accuracy(model, test_images, test_labels, [CPU])
+    assert errors["bf16"] < 0.7  # chance: 0.9
+    assert abs(errors["bf16"] - errors["fp32"]) <= 0.03, errors
