@@ -99,14 +99,16 @@ def worker_points(cells, algorithm, r):
     return np.array(est), np.array(true)
 
 
-def title(config):
+def title(config, cells):
+    """The figures' title: data, workers, network, and the seeds the cells hold (of those planned,
+    when a run is unfinished: a figure must not claim seeds it has not run)."""
     source = config.get("annotations") or config.get("source")
     name = os.path.basename(source).split(".")[0] if source else config["dataset"]
-    seeds = len(config["seeds"])
+    done, planned = len({c["seed"] for c in cells}), len(config["seeds"])
+    seeds = f"{done} of {planned} seeds" if done < planned else f"{done} seed{'s' * (done != 1)}"
     workers = "real workers" if config.get("annotations") else \
         f"{config['workers']} {config['worker_model']} workers, gamma {config['gamma']}"
-    return (f"{name}: {workers}\nResNet-{config['depth']}, {config['epochs']} epochs, "
-            f"{seeds} seed{'s' * (seeds > 1)}")
+    return f"{name}: {workers}\nResNet-{config['depth']}, {config['epochs']} epochs, {seeds}"
 
 
 def pyplot():
@@ -132,7 +134,7 @@ def plot_error(results, out):
     ax.set_xticks(sorted({cell["redundancy"] for cell in results["cells"]}))
     ax.set_xlabel("redundancy r (labels per item), fixed budget")
     ax.set_ylabel("test error (top-1 dashed, top-5 solid)" if top5 else "test error (top-1)")
-    ax.set_title(title(results["config"]) + " (mean and std)", fontsize=8)
+    ax.set_title(title(results["config"], results["cells"]) + " (mean and std)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -168,7 +170,7 @@ def plot_worker_accuracy(results, out):
                 ax.set_xlabel("true accuracy" if not results["config"].get("annotations") else "empirical accuracy")
             if j == 0:
                 ax.set_ylabel("estimated accuracy")
-    fig.suptitle(title(results["config"]).replace("\n", "; "), fontsize=8)
+    fig.suptitle(title(results["config"], results["cells"]).replace("\n", "; "), fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "worker_accuracy.png"), dpi=120)
     plt.close(fig)

@@ -68,3 +68,11 @@ def test_trained_with_names_a_mix_of_precisions():
     mixed = same + [cell("mbem", 1, 0, 0.4, backend="torch", precision="bf16")]
     assert report.trained_with(mixed) == ("trained with torch bf16: 1 cell, torch fp32: 2 cells"
                                           "  (mixed: compare cells of one kind)")
+
+
+def test_title_counts_the_seeds_the_cells_hold():
+    config = {"source": "data/cifar10-jpeg.tar.gz", "dataset": "folder", "workers": 100, "gamma": 0.2,
+              "worker_model": "hammer-spammer", "depth": 20, "epochs": 10, "seeds": [0, 1, 2]}
+    assert report.title(config, CELLS).endswith("ResNet-20, 10 epochs, 3 seeds")
+    assert report.title(config, CELLS[:1]).endswith("10 epochs, 1 of 3 seeds")
+    assert report.title(config, CELLS[:1]).startswith("cifar10-jpeg: 100 hammer-spammer workers, gamma 0.2")
