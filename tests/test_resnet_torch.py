@@ -6,6 +6,8 @@ dense), MXNet's BatchNorm as gamma, beta, running mean, running var and PyTorch'
 bias, running_mean, running_var (num_batches_tracked has no MXNet counterpart).
 """
 
+import functools
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -232,6 +234,7 @@ def test_compiled_network_trains_and_predicts():
     assert model.forward is not model.net and probs.shape == (50, 3) and np.isfinite(history[-1]["loss"])
 
 
+@functools.cache  # two tests share it: decode the archive once
 def cifar_subset():
     """4,000 shared CIFAR training JPEGs with clean labels, 2,000 test images (seeded picks)."""
     ds = dataset.load_folder(shared_path("cifar10-jpeg.tar.gz"), progress=False)
