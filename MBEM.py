@@ -457,8 +457,12 @@ class Experiment:
                 if self.writer:  # kept like a WMV cell's: a killed MBEM cell resumes without retraining it
                     save_bootstrap(self.bootstrap_path(seed, r, n), predicted, ann)
             train_probs = agg.one_hot(predicted, k)
+            rounds = []  # each round's targets: how many are right, and the largest class's share (a collapse shows)
             for t in range(c.rounds):
                 targets, confusions, _ = agg.mbem_step(ann, train_probs, class_prior=c.class_prior)
+                hard = classes(targets.argmax(axis=1))
+                rounds.append({"label_accuracy": float((hard == truth).mean()),
+                               "top_class_share": float(np.bincount(hard).max() / len(hard))})
                 train_probs, test_probs, history = self.fit(targets, items, seed,
                                                             f"seed {seed} r {r} mbem round {t + 1}", grouped)
         record = {"redundancy": r, "n": n, "algorithm": algorithm, "seed": seed,
@@ -469,6 +473,8 @@ class Experiment:
                   "epochs": len(history), "backend": c.backend, "precision": self.precision,
                   "wall_seconds": time.perf_counter() - start,
                   "train_img_per_s": float(np.mean([h["img_per_s"] for h in history]))}
+        if algorithm == "mbem":
+            record["rounds"] = rounds
         if K > 10:
             record["test_error_top5"] = top_k_error(test_probs, ds.test_labels, 5)
         if self.real is not None and self.writer:

@@ -66,6 +66,21 @@ def test_mbem_step_equals_paper_formulas():
     assert np.allclose(soft, soft_counts / soft_counts.sum(axis=2, keepdims=True))
 
 
+def test_class_prior_makes_a_perfect_workers_posterior_follow_the_models_errors():
+    """Why `--class-prior` collapsed on results/cpu-rounds: with t = the model's prediction,
+    q[k] pi_a[k, l] is proportional to #(model says k, a says l), so the posterior is the
+    model's own confusion. A perfect worker's 0s, which the model calls 1 more often than 0,
+    become 1s; without q (the release) pi_a[k, 0] is largest at k = 0 and the 0s stay 0s."""
+    truth = np.repeat([0, 1], 50)
+    predicted = np.r_[np.zeros(20, int), np.ones(30, int), np.ones(50, int)]  # recall of class 0: 40%
+    ann = agg.Annotations.from_arrays(np.arange(100), np.zeros(100, int), truth, K=2)
+    with_prior, _, prior = agg.mbem_step(ann, agg.one_hot(predicted, 2), class_prior=True)
+    release, _, _ = agg.mbem_step(ann, agg.one_hot(predicted, 2))
+    assert np.allclose(prior, [0.2, 0.8])
+    assert (with_prior.argmax(axis=1) == 1).all()  # every 0 the worker gave is overruled
+    assert (release.argmax(axis=1) == truth).all()
+
+
 def test_additive_smoothing():
     ann = agg.Annotations.from_arrays([0, 1], [0, 0], [0, 1], K=2)
     conf = agg.estimate_confusions(ann, np.array([[1.0, 0], [1.0, 0]]), smoothing=1.0)

@@ -69,6 +69,7 @@ def test_smoke_results_make_sense(smoke_run):
         assert label_accuracy[r, "oracle"] >= label_accuracy[r, "mv"]
         assert mae[r, "oracle"] == 0.0
     assert error[1, "mv"] == error[1, "wmv"]  # r = 1: the same targets, so the same (reused) model
+    assert all(len(c["rounds"]) == 1 for c in cells if c["algorithm"] == "mbem")  # the release's T = 1
 
 
 def test_rerun_skips_finished_cells(smoke_run):
@@ -309,11 +310,19 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypa
 
 
 def test_mbem_alone_keeps_the_wmv_predictions_it_trained(tmp_path):
+    """MBEM without WMV trains and saves the bootstrap model itself; with --rounds 2 the cell
+    records each round's targets (their accuracy and the largest class's share), the last
+    round's being the cell's own."""
     out = tmp_path / "alone"
-    result = run("--preset", "smoke", "--algorithms", "mbem", "--redundancy", "1", "--epochs", "1", "--out", out)
+    result = run("--preset", "smoke", "--algorithms", "mbem", "--redundancy", "1", "--epochs", "1", "--rounds", "2",
+                 "--class-prior", "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "bootstrap" / "wmv-seed0-r1-n600.npz").exists()
-    assert [c["algorithm"] for c in json.loads((out / "results.json").read_text())["cells"]] == ["mbem"]
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    assert [c["algorithm"] for c in cells] == ["mbem"]
+    rounds = cells[0]["rounds"]
+    assert len(rounds) == 2 and rounds[-1]["label_accuracy"] == cells[0]["label_accuracy"]
+    assert all(0 < r["label_accuracy"] <= 1 and 0.1 <= r["top_class_share"] <= 1 for r in rounds)  # K = 10
 
 
 def test_targets_within_float32_rounding_reuse_the_trained_model(monkeypatch):
