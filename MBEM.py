@@ -167,7 +167,8 @@ def parse_args(argv=None):
     a("--two-stage", action=argparse.BooleanOptionalAction, default=None,
       help="retrain from scratch on the first model's hard predictions (the release does)")
     a("--class-prior", action=argparse.BooleanOptionalAction, default=None,
-      help="use the class prior q in MBEM's E-step (the paper's Algorithm 1; the release has none)")
+      help="use the class prior q in MBEM's E-step (the paper's Algorithm 1; the release has none); "
+           "with a weak bootstrap model q imports its errors (README: results/cpu-rounds)")
     a("--depth", type=number(int, 8),
       help="ResNet depth 6n + 2: 8, 14, 20, 32, 44, 56, 110 (the release: 20); 18 or 34 with --dataset imagenet")
     a("--epochs", type=number(int, 1), help="training epochs (learning rate x0.1 after 2/3 and 5/6 of them)")
