@@ -336,11 +336,16 @@ def read_answers(path):
     return ann, item_names, worker_names, classes
 
 
+UMASK = os.umask(0o022)  # read once (umask can only be read by setting it) and put back at once
+os.umask(UMASK)
+
+
 def atomic_write(path, data):
     """Write bytes to a temporary file beside `path`, then rename: a reader never sees half a file."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; an output file gets the mode open() would give it
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -187,3 +187,13 @@ def test_incidence_counts_every_label():
         dense[i, a * ann.K + l] += 1
     assert np.array_equal(ann.incidence.toarray(), dense)
     assert list(itertools.islice(agg.label_counts(ann).sum(axis=1), 3)) == [3.0, 3.0, 3.0]
+
+
+def test_atomic_write_gives_the_mode_open_would(tmp_path):
+    """Outputs are shared (results folders, posterior CSVs): not mkstemp's owner-only 0600."""
+    import os
+    path = tmp_path / "out.csv"
+    agg.atomic_write(str(path), b"a,b\n")
+    assert path.read_bytes() == b"a,b\n"
+    assert path.stat().st_mode & 0o777 == 0o666 & ~agg.UMASK
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
