@@ -470,7 +470,7 @@ class Experiment:
                   "test_error": top_k_error(test_probs, ds.test_labels, 1),
                   "val_error": selected_val_error(history, c.select_epoch),
                   "label_accuracy": float((classes(targets.argmax(axis=1)) == truth).mean()),
-                  **worker_fields(ann, confusions, true_accuracy),
+                  **worker_fields(ann, confusions, true_accuracy, None if self.real is None else targets),
                   "epochs": len(history), "backend": c.backend, "precision": self.precision,
                   "wall_seconds": time.perf_counter() - start,
                   "train_img_per_s": float(np.mean([h["img_per_s"] for h in history]))}
@@ -535,20 +535,26 @@ def selected_val_error(history, select_epoch):
     return 1 - (max(h["val_acc"] for h in final) if select_epoch == "val" else final[-1]["val_acc"])
 
 
-def worker_fields(ann, confusions, true_accuracy):
-    """Per-worker accuracy (the mean of the confusion diagonal), estimated and true, for the workers
-    who gave a label (None for the others), and the mean absolute error between them; all None
-    for an algorithm without confusions."""
+def worker_fields(ann, confusions, true_accuracy, item_dist=None):
+    """Per-worker accuracy, estimated and true, for the workers who gave a label (None for the
+    others), and the mean absolute error between them; all None for an algorithm without
+    confusions. Simulated workers: the mean of the confusion diagonal, estimated and true. Real
+    workers (item_dist, the cell's targets, given): the estimated share of their labels that are
+    right, as their empirical accuracy counts (`worker_accuracy_kind` says which)."""
     if confusions is None:
         return {"worker_accuracy_mae": None}
     active = np.bincount(ann.workers, minlength=ann.m) > 0
-    estimated = agg.worker_accuracy(confusions)
+    if item_dist is None:
+        estimated, kind = agg.worker_accuracy(confusions), "mean confusion diagonal"
+    else:
+        estimated, kind = agg.labels_right(ann, confusions, item_dist), "share of labels right"
 
     def listed(values):
         return [round(float(v), 5) if a else None for v, a in zip(values, active, strict=True)]
 
     return {"worker_accuracy_mae": float(np.abs(estimated - true_accuracy)[active].mean()),
-            "worker_accuracy": listed(estimated), "worker_accuracy_true": listed(true_accuracy)}
+            "worker_accuracy": listed(estimated), "worker_accuracy_true": listed(true_accuracy),
+            "worker_accuracy_kind": kind}
 
 
 # ----------------------------------------------------------------------------- results on disk

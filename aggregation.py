@@ -194,6 +194,17 @@ def worker_accuracy(confusions):
     return np.diagonal(confusions, axis1=1, axis2=2).mean(axis=1)
 
 
+def labels_right(ann, confusions, item_dist):
+    """Each worker's estimated share of correct labels, sum_k w_a[k] pi_a[k, k], where w_a[k] is the
+    share of a's labels given to items of class k under item_dist (n x K). The counterpart of a real
+    worker's empirical accuracy, which counts labels: a class a worker never labelled weighs nothing
+    here, where `worker_accuracy` would count its empty (uniform) row as 1/K. NaN without labels."""
+    per_class = confusion_counts(ann, item_dist).sum(axis=2)  # (m x K): a's labels on items of class k
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weights = per_class / per_class.sum(axis=1, keepdims=True)
+    return (weights * np.diagonal(confusions, axis1=1, axis2=2)).sum(axis=1)
+
+
 # ----------------------------------------------------------------------------- grouped classes
 
 @dataclass

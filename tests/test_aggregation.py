@@ -197,3 +197,20 @@ def test_atomic_write_gives_the_mode_open_would(tmp_path):
     assert path.read_bytes() == b"a,b\n"
     assert path.stat().st_mode & 0o777 == 0o666 & ~agg.UMASK
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+
+def test_labels_right_counts_labels_not_classes():
+    """Worker 0 labels three items of class 0 (two right) and one of class 1 (right); worker 1
+    never labels class 1. labels_right weighs each class by the worker's labels on it:
+    0.75 = (3/4)(2/3) + (1/4)(1), while the uniform mean of the diagonal gives (2/3 + 1) / 2 and,
+    for worker 1, counts the empty class-1 row as 1/K."""
+    ann = agg.Annotations.from_arrays([0, 1, 2, 3, 0], [0, 0, 0, 0, 1], [0, 0, 1, 1, 0], K=2)
+    truth = agg.one_hot(np.array([0, 0, 0, 1]), 2)
+    confusions = agg.estimate_confusions(ann, truth)
+    right = agg.labels_right(ann, confusions, truth)
+    assert np.allclose(right, [0.75, 1.0])
+    assert np.allclose(agg.worker_accuracy(confusions), [(2 / 3 + 1) / 2, (1 + 0.5) / 2])
+    # at r = 1 majority vote's targets are the labels themselves: every worker is right on all
+    ann = agg.Annotations.from_arrays(np.arange(6), [0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 0, 1], K=2)
+    mv = agg.one_hot(ann.labels, 2)
+    assert np.allclose(agg.labels_right(ann, agg.estimate_confusions(ann, mv), mv), 1.0)

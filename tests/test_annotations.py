@@ -174,6 +174,11 @@ def test_mbem_on_real_labels_end_to_end(labelled_tree, tmp_path):
     assert cells[3, "clean"]["label_accuracy"] == 1.0
     truth = cells[3, "em"]["worker_accuracy_true"]  # the workers' empirical accuracy on the drawn items
     assert truth[annotations_worker("good")] == 1.0 and {truth[1], truth[2]} <= {0.0, 0.5, 1.0}
+    # real workers: the estimate counts labels as the empirical accuracy does; at r = 1 majority
+    # vote's targets are the labels, so every labelling worker is estimated all right
+    assert {c["worker_accuracy_kind"] for c in results["cells"] if c["worker_accuracy_mae"] is not None} == {
+        "share of labels right"}
+    assert {v for v in cells[1, "mv"]["worker_accuracy"] if v is not None} == {1.0}
     for name in ("mbem-seed0-r1-posterior.csv", "mbem-seed0-r1-workers.csv", "em-seed0-r3-workers.csv",
                  "clean-seed0-r1-posterior.csv"):
         assert (out / "labels" / name).stat().st_size > 0, name

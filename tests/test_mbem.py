@@ -70,6 +70,8 @@ def test_smoke_results_make_sense(smoke_run):
         assert mae[r, "oracle"] == 0.0
     assert error[1, "mv"] == error[1, "wmv"]  # r = 1: the same targets, so the same (reused) model
     assert all(len(c["rounds"]) == 1 for c in cells if c["algorithm"] == "mbem")  # the release's T = 1
+    assert {c.get("worker_accuracy_kind") for c in cells if c["worker_accuracy_mae"] is not None} == {
+        "mean confusion diagonal"}  # simulated workers: their true confusions' diagonal
 
 
 def test_rerun_skips_finished_cells(smoke_run):
