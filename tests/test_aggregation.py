@@ -1,5 +1,6 @@
 import csv
 import itertools
+import os
 
 import numpy as np
 from hypothesis import given, settings
@@ -191,7 +192,6 @@ def test_incidence_counts_every_label():
 
 def test_atomic_write_gives_the_mode_open_would(tmp_path):
     """Outputs are shared (results folders, posterior CSVs): not mkstemp's owner-only 0600."""
-    import os
     path = tmp_path / "out.csv"
     agg.atomic_write(str(path), b"a,b\n")
     assert path.read_bytes() == b"a,b\n"
