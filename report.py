@@ -3,6 +3,8 @@ the figures and the files beside results.json.
 
     results.csv               one row per cell
     paired.csv                per redundancy: MBEM minus each baseline, seed by seed, with a 95% t-interval
+    redundancy.csv            the budget question: each algorithm at the smallest r minus itself and
+                              the others at each larger r, seed by seed, with the same interval
     error_vs_redundancy.png   test error against redundancy (the paper's figure)
     worker_accuracy.png       estimated against true per-worker accuracy, at r = 1 and the largest r
 
@@ -75,6 +77,51 @@ def paired_rows(cells):
             rows.append({"redundancy": r, "comparison": f"mbem - {baseline}", "seeds": len(d["seeds"]),
                          "differences": " ".join(f"{x:+.4f}" for x in d["differences"]), "mean": d["mean"],
                          "ci_low": d["ci_low"], "ci_high": d["ci_high"], "mbem_wins": d["wins"]})
+    return rows
+
+
+def redundancy_rows(cells):
+    """Rows of redundancy.csv: is the smallest redundancy r0 the better use of the budget? For
+    each algorithm a at r0 and each algorithm b at a larger r, error(a, r0) - error(b, r) seed by
+    seed (the seeds share their workers, so the pairing holds across r too). Pairs: each algorithm
+    against itself (clean against clean is the pure cost of fewer items), and MBEM at r0 against
+    every crowd-label algorithm at r (the paper's claim: label once and bootstrap, rather than
+    label r times)."""
+    rs = sorted({c["redundancy"] for c in cells})
+    algorithms = list(dict.fromkeys(c["algorithm"] for c in cells))
+    value = {(c["algorithm"], c["redundancy"], c["seed"]): c["test_error"] for c in cells
+             if c.get("test_error") is not None}
+    rows = []
+    for r in rs[1:]:
+        for a in algorithms:
+            for b in algorithms:
+                if a != b and (a != "mbem" or b == "clean"):
+                    continue
+                seeds = sorted(s for (aa, rr, s) in value if aa == a and rr == rs[0] and (b, r, s) in value)
+                if not seeds:
+                    continue
+                d = difference(seeds, [value[a, rs[0], s] - value[b, r, s] for s in seeds])
+                rows.append({"comparison": f"{a} r={rs[0]} - {b} r={r}", "seeds": len(seeds),
+                             "differences": " ".join(f"{x:+.4f}" for x in d["differences"]), "mean": d["mean"],
+                             "ci_low": d["ci_low"], "ci_high": d["ci_high"], "smaller_r_wins": d["wins"]})
+    return rows
+
+
+def worker_rows(cells):
+    """Per algorithm and redundancy, estimated against true (simulated) or empirical (real) worker
+    accuracy, pooled over seeds: workers, the two means, mean absolute error, Pearson correlation
+    (none when either side is constant, as the majority vote's estimates are at r = 1)."""
+    rows = []
+    for algorithm in dict.fromkeys(c["algorithm"] for c in cells if c.get("worker_accuracy")):
+        for r in sorted({c["redundancy"] for c in cells if c["algorithm"] == algorithm}):
+            est, true = worker_points(cells, algorithm, r)
+            if not len(est):
+                continue
+            varies = len(est) > 1 and est.std() > 0 and true.std() > 0
+            rows.append({"algorithm": algorithm, "redundancy": r, "workers": len(est),
+                         "mean_estimate": float(est.mean()), "mean_true": float(true.mean()),
+                         "mae": float(np.abs(est - true).mean()),
+                         "correlation": float(np.corrcoef(est, true)[0, 1]) if varies else None})
     return rows
 
 
@@ -162,7 +209,9 @@ def plot_worker_accuracy(results, out):
             ax.plot([0, 1], [0, 1], color="0.6", linewidth=1)
             ax.scatter(true, est, s=8, alpha=0.5)
             mae = np.abs(est - true).mean() if len(est) else float("nan")
-            ax.set_title(f"{NAMES[algorithm]}, r = {r}\nmean abs error {mae:.3f}", fontsize=8)
+            varies = len(est) > 1 and est.std() > 0 and true.std() > 0
+            corr = f", correlation {np.corrcoef(est, true)[0, 1]:.2f}" if varies else ""
+            ax.set_title(f"{NAMES[algorithm]}, r = {r}\nmean abs error {mae:.3f}{corr}", fontsize=8)
             ax.set_xlim(-0.02, 1.02)
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
@@ -183,6 +232,26 @@ def format_paired(rows):
         interval = "" if row["ci_low"] is None else f" 95% CI [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
         lines.append(f"r={row['redundancy']:<3} {row['comparison']:<11} mean {row['mean']:+.4f}{interval} "
                      f"MBEM won {row['mbem_wins']} of {row['seeds']} ({row['differences']})")
+    return "\n".join(lines)
+
+
+def format_redundancy(rows):
+    lines = ["\nthe budget: smaller r minus larger r, test error seed by seed (negative: the smaller r lower)"]
+    for row in rows:
+        interval = "" if row["ci_low"] is None else f" 95% CI [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
+        lines.append(f"{row['comparison']:<22} mean {row['mean']:+.4f}{interval} smaller r won "
+                     f"{row['smaller_r_wins']} of {row['seeds']} ({row['differences']})")
+    return "\n".join(lines)
+
+
+def format_workers(rows, real):
+    truth = "empirical" if real else "true"
+    lines = [f"\nworker accuracy, estimated against {truth}, pooled over seeds",
+             f"{'algorithm':<10}{'r':>4}{'workers':>9}{'estimate':>10}{truth:>11}{'abs error':>11}{'corr':>7}"]
+    for row in rows:
+        corr = "-" if row["correlation"] is None else f"{row['correlation']:.2f}"
+        lines.append(f"{row['algorithm']:<10}{row['redundancy']:>4}{row['workers']:>9}{row['mean_estimate']:>10.3f}"
+                     f"{row['mean_true']:>11.3f}{row['mae']:>11.3f}{corr:>7}")
     return "\n".join(lines)
 
 
@@ -215,9 +284,18 @@ def report(results, out):
     rows = paired_rows(results["cells"])
     write_csv(os.path.join(out, "paired.csv"), rows, ["redundancy", "comparison", "seeds", "differences", "mean",
                                                       "ci_low", "ci_high", "mbem_wins"])
+    budget = redundancy_rows(results["cells"])
+    if budget:
+        write_csv(os.path.join(out, "redundancy.csv"), budget, ["comparison", "seeds", "differences", "mean",
+                                                                "ci_low", "ci_high", "smaller_r_wins"])
     plot_error(results, out)
     plot_worker_accuracy(results, out)
     print(trained_with(results["cells"]))
     print(format_table(results))
     if rows:
         print(format_paired(rows))
+    if budget:
+        print(format_redundancy(budget))
+    workers = worker_rows(results["cells"])
+    if workers:
+        print(format_workers(workers, bool(results["config"].get("annotations"))))

@@ -53,13 +53,14 @@ def test_report_writes_every_file(tmp_path, capsys):
     config = {"dataset": "digits", "source": None, "workers": 2, "worker_model": "hammer-spammer", "gamma": 0.2,
               "depth": 8, "epochs": 1, "seeds": [0, 1, 2]}
     report.report({"config": config, "cells": cells}, str(tmp_path))
-    for name in ("results.csv", "paired.csv", "error_vs_redundancy.png", "worker_accuracy.png"):
+    for name in ("results.csv", "paired.csv", "redundancy.csv", "error_vs_redundancy.png", "worker_accuracy.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert (tmp_path / "worker_accuracy.png").read_bytes().startswith(b"\x89PNG")
     with open(tmp_path / "paired.csv") as f:
         assert [row["comparison"] for row in csv.DictReader(f)] == ["mbem - wmv", "mbem - wmv"]
     printed = capsys.readouterr().out
     assert "MBEM won 2 of 3" in printed and "95% CI" in printed
+    assert "mbem r=1 - wmv r=3" in printed and "worker accuracy, estimated against true" in printed
 
 
 def test_trained_with_names_a_mix_of_precisions():
@@ -76,3 +77,36 @@ def test_title_counts_the_seeds_the_cells_hold():
     assert report.title(config, CELLS).endswith("ResNet-20, 10 epochs, 3 seeds")
     assert report.title(config, CELLS[:1]).endswith("10 epochs, 1 of 3 seeds")
     assert report.title(config, CELLS[:1]).startswith("cifar10-jpeg: 100 hammer-spammer workers, gamma 0.2")
+
+
+def test_redundancy_rows_pair_each_algorithm_with_itself_and_mbem_with_every_crowd_algorithm():
+    cells = CELLS + [cell("clean", 1, 0, 0.20), cell("clean", 3, 0, 0.30), cell("mv", 3, 0, 0.7)]
+    rows = {row["comparison"]: row for row in report.redundancy_rows(cells)}
+    assert sorted(rows) == ["clean r=1 - clean r=3", "mbem r=1 - mbem r=3", "mbem r=1 - mv r=3",
+                            "mbem r=1 - wmv r=3", "wmv r=1 - wmv r=3"]
+    # MBEM at r = 1 (0.40, 0.35) against MBEM at r = 3 (0.55, 0.50): -0.15 on both seeds
+    assert rows["mbem r=1 - mbem r=3"]["differences"] == "-0.1500 -0.1500"
+    assert rows["mbem r=1 - mbem r=3"]["smaller_r_wins"] == 2 and rows["mbem r=1 - mbem r=3"]["ci_low"] == \
+        pytest.approx(-0.15)
+    assert rows["mbem r=1 - wmv r=3"]["seeds"] == 1 and rows["mbem r=1 - wmv r=3"]["mean"] == pytest.approx(-0.2)
+    assert rows["clean r=1 - clean r=3"]["mean"] == pytest.approx(-0.1)
+    assert report.redundancy_rows([c for c in CELLS if c["redundancy"] == 1]) == []
+
+
+def test_worker_rows_by_hand_and_no_correlation_from_constant_estimates():
+    cells = [cell("mbem", 1, 0, 0.4, worker_accuracy=[0.9, None, 0.2], worker_accuracy_true=[1.0, None, 0.1]),
+             cell("mbem", 1, 1, 0.4, worker_accuracy=[0.5, 0.6], worker_accuracy_true=[0.4, 1.0]),
+             cell("wmv", 1, 0, 0.4, worker_accuracy=[1.0, 1.0], worker_accuracy_true=[0.3, 0.8])]
+    rows = report.worker_rows(cells)
+    assert [(r["algorithm"], r["redundancy"], r["workers"]) for r in rows] == [("mbem", 1, 4), ("wmv", 1, 2)]
+    mbem, wmv = rows
+    assert mbem["mean_estimate"] == pytest.approx(0.55) and mbem["mean_true"] == pytest.approx(0.625)
+    assert mbem["mae"] == pytest.approx((0.1 + 0.1 + 0.1 + 0.4) / 4)
+    # Pearson by hand: deviations (0.35, -0.35, -0.05, 0.05) and (0.375, -0.525, -0.225, 0.375)
+    est, true = [0.35, -0.35, -0.05, 0.05], [0.375, -0.525, -0.225, 0.375]
+    covariance = sum(a * b for a, b in zip(est, true, strict=True))
+    r = covariance / math.sqrt(sum(a * a for a in est) * sum(b * b for b in true))
+    assert mbem["correlation"] == pytest.approx(r)
+    assert wmv["correlation"] is None and wmv["mae"] == pytest.approx(0.45)
+    printed = report.format_workers(rows, real=True)
+    assert "empirical" in printed and printed.splitlines()[-1].split()[-1] == "-"
