@@ -12,7 +12,9 @@ any other object (code, tensors) is refused rather than run. `side_info_cifar10N
 workers per batch of ten consecutive images; label column j of images a..a+9 is read as worker
 j's (the usual reading, also TensorFlow Datasets'; the authors say only that a worker labelled a
 batch of ten: see the shared README's caveat). `--items jpeg` needs the map
-`official_train_index_to_jpg.csv` in FOLDER.
+`official_train_index_to_jpg.csv` in FOLDER. It prints, beside the label counts, whether the
+worker ids carry a quality of their own (`worker_effects`: spread against binomial noise, and
+split-half correlation, judged by the clean labels).
 """
 
 import argparse
@@ -73,7 +75,8 @@ def read_labels(path):
 
 
 def read_workers(path):
-    """(50,000, 3) worker ids: row a--b of the side information names workers 1..3 of images a..b."""
+    """(50,000, 3) worker ids and (50,000,) batches: row i = a--b of the side information names
+    workers 1..3 of images a..b, which make batch i."""
     try:
         side = pd.read_csv(path)
         columns = [f"Worker{j}-id" for j in (1, 2, 3)]
@@ -84,10 +87,12 @@ def read_workers(path):
     if bounds.shape[1] != 2 or not np.array_equal(np.sort(np.concatenate([np.arange(a, b + 1) for a, b in bounds])),
                                                   np.arange(N)):
         raise InputError(f"{path}: the image batches do not cover the {N} training images once each")
-    workers = np.empty((N, 3), dtype=np.int64)
+    workers, batches = np.empty((N, 3), dtype=np.int64), np.empty(N, dtype=np.int64)
     sizes = bounds[:, 1] - bounds[:, 0] + 1
-    workers[np.concatenate([np.arange(a, b + 1) for a, b in bounds])] = np.repeat(ids, sizes, axis=0)
-    return workers
+    images = np.concatenate([np.arange(a, b + 1) for a, b in bounds])
+    workers[images] = np.repeat(ids, sizes, axis=0)
+    batches[images] = np.repeat(np.arange(len(bounds)), sizes)
+    return workers, batches
 
 
 def jpeg_names(path):
@@ -112,6 +117,33 @@ def annotations(labels, workers, item_names=None):
                          "worker": workers.ravel(), "label": names[label]})
 
 
+def worker_effects(right, workers, batches, min_labels=100):
+    """Do the worker ids carry a worker's quality? An estimator-free check on labels with a truth.
+    `right` (50,000, 3): label j of image i is right; `workers` the ids beside it; `batches` each
+    image's batch. Among workers with at least `min_labels` labels: their count; the spread
+    (sd) of their accuracy; the spread binomial noise alone gives if all had the pooled accuracy
+    p, sqrt(mean_a p(1 - p) / n_a); and the split-half correlation: each worker's batches taken
+    alternately (in batch order) into two halves, the correlation of the two halves' accuracy
+    over workers. Real differences between workers show as a spread above the binomial one and a
+    clearly positive split-half correlation."""
+    w, ok = workers.ravel(), right.ravel().astype(float)
+    batch = np.repeat(batches, workers.shape[1])
+    pair, first_label = np.unique(w * (batches.max() + 1) + batch, return_inverse=True)
+    pair_worker = pair // (batches.max() + 1)
+    rank = np.arange(len(pair)) - np.searchsorted(pair_worker, pair_worker)  # batch's rank among the worker's
+    half = rank[first_label] % 2
+    m = w.max() + 1
+    count = np.bincount(w, minlength=m)
+    keep = count >= min_labels
+    accuracy = np.bincount(w, ok, minlength=m)[keep] / count[keep]
+    pooled = ok[keep[w]].mean()
+    halves = [np.bincount(w[half == h], ok[half == h], minlength=m)[keep] /
+              np.bincount(w[half == h], minlength=m)[keep] for h in (0, 1)]
+    return {"workers": int(keep.sum()), "accuracy_sd": float(accuracy.std(ddof=1)),
+            "binomial_sd": float(np.sqrt((pooled * (1 - pooled) / count[keep]).mean())),
+            "split_half_correlation": float(np.corrcoef(*halves)[0, 1])}
+
+
 def main(argv=None):
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="folder with CIFAR-10_human.pt and side_info_cifar10N.csv "
@@ -125,7 +157,7 @@ def main(argv=None):
         parser.error(f"--out: {problem}")
     try:
         labels = read_labels(os.path.join(args.folder, "CIFAR-10_human.pt"))
-        workers = read_workers(os.path.join(args.folder, "side_info_cifar10N.csv"))
+        workers, batches = read_workers(os.path.join(args.folder, "side_info_cifar10N.csv"))
         names = jpeg_names(os.path.join(args.folder, "official_train_index_to_jpg.csv")) \
             if args.items == "jpeg" else None
         table = annotations(labels, workers, names)
@@ -134,8 +166,13 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     agreement = [float((labels[c] == labels["clean_label"]).mean()) for c in LABEL_COLUMNS]
+    right = np.stack([labels[c] == labels["clean_label"] for c in LABEL_COLUMNS], axis=1)
+    effects = worker_effects(right, workers, batches)
     print(f"{len(table)} labels of {N} images by {len(np.unique(workers))} workers -> {args.out}; agreement with "
-          f"clean_label {' '.join(f'{a:.4f}' for a in agreement)}", file=sys.stderr)
+          f"clean_label {' '.join(f'{a:.4f}' for a in agreement)}\n"
+          f"worker ids: among the {effects['workers']} workers with at least 100 labels, accuracy sd "
+          f"{effects['accuracy_sd']:.3f} (binomial noise alone: {effects['binomial_sd']:.3f}), split-half "
+          f"correlation {effects['split_half_correlation']:+.2f}", file=sys.stderr)
     return 0
 
 

@@ -29,7 +29,7 @@ def cifar10n_files():
 
 def test_cifar10n_as_published(cifar10n_files):
     labels = cifar10n.read_labels(os.path.join(cifar10n_files, "CIFAR-10_human.pt"))
-    workers = cifar10n.read_workers(os.path.join(cifar10n_files, "side_info_cifar10N.csv"))
+    workers, batches = cifar10n.read_workers(os.path.join(cifar10n_files, "side_info_cifar10N.csv"))
     table = cifar10n.annotations(labels, workers)
     assert len(table) == 150000 and table["item"].nunique() == 50000 and table["worker"].nunique() == 747
     agreement = {c: (labels[c] == labels["clean_label"]).mean() for c in labels if c != "clean_label"}
@@ -41,6 +41,35 @@ def test_cifar10n_as_published(cifar10n_files):
     assert (per_worker.min(), int(np.median(per_worker)), per_worker.max()) == (10, 80, 3070)
 
 
+def test_cifar10n_worker_effects_as_the_shared_readme_states(cifar10n_files):
+    labels = cifar10n.read_labels(os.path.join(cifar10n_files, "CIFAR-10_human.pt"))
+    workers, batches = cifar10n.read_workers(os.path.join(cifar10n_files, "side_info_cifar10N.csv"))
+    assert np.array_equal(batches, np.arange(50000) // 10)  # rows a--a+9 in order
+    right = np.stack([labels[c] == labels["clean_label"] for c in cifar10n.LABEL_COLUMNS], axis=1)
+    effects = cifar10n.worker_effects(right, workers, batches)
+    # the README: 345 workers with 100 labels or more, sd 0.024 against binomial 0.026
+    assert effects["workers"] == 345
+    assert round(effects["accuracy_sd"], 3) == 0.024 and round(effects["binomial_sd"], 3) == 0.026
+    # our alternate-batch split (the README's split is not stated: it found -0.07)
+    assert effects["split_half_correlation"] == pytest.approx(-0.104, abs=0.001)
+
+
+@pytest.mark.parametrize("spread", [0.0, 0.4])
+def test_worker_effects_find_quality_differences_only_where_they_exist(spread):
+    rng = np.random.default_rng(0)
+    batches = np.repeat(np.arange(600), 10)  # 6,000 images in batches of ten, three workers a batch
+    workers = np.repeat(rng.integers(0, 40, size=(600, 3)), 10, axis=0)
+    quality = 0.8 + spread * (rng.random(40) - 0.5)
+    right = rng.random(workers.shape) < quality[workers]
+    effects = cifar10n.worker_effects(right, workers, batches)
+    assert effects["workers"] == 40
+    if spread:
+        assert effects["accuracy_sd"] > 3 * effects["binomial_sd"] and effects["split_half_correlation"] > 0.8
+    else:
+        assert effects["accuracy_sd"] < 1.5 * effects["binomial_sd"]
+        assert abs(effects["split_half_correlation"]) < 0.4
+
+
 def test_cifar10n_command_both_item_spellings(cifar10n_files, tmp_path):
     for items, first in (("index", "0"), ("jpeg", "frog/0000.jpg")):
         out = tmp_path / f"{items}.csv"
@@ -50,6 +79,7 @@ def test_cifar10n_command_both_item_spellings(cifar10n_files, tmp_path):
         with open(out) as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == 150000 and rows[0]["item"] == first and rows[0]["label"] == "frog"
+        assert "345 workers with at least 100 labels, accuracy sd 0.024" in result.stderr
 
 
 def fake_pt(path, payload, persistent=False):
