@@ -74,10 +74,14 @@ def paired_rows(cells):
         if "mbem" not in algorithms or baseline not in algorithms:
             continue
         for r, d in paired(cells, "mbem", baseline).items():
-            rows.append({"redundancy": r, "comparison": f"mbem - {baseline}", "seeds": len(d["seeds"]),
-                         "differences": " ".join(f"{x:+.4f}" for x in d["differences"]), "mean": d["mean"],
-                         "ci_low": d["ci_low"], "ci_high": d["ci_high"], "mbem_wins": d["wins"]})
+            rows.append({"redundancy": r, "comparison": f"mbem - {baseline}", **fields(d), "mbem_wins": d["wins"]})
     return rows
+
+
+def fields(d):
+    """A difference() as the columns of paired.csv and redundancy.csv."""
+    return {"seeds": len(d["seeds"]), "differences": " ".join(f"{x:+.4f}" for x in d["differences"]),
+            "mean": d["mean"], "ci_low": d["ci_low"], "ci_high": d["ci_high"]}
 
 
 def redundancy_rows(cells):
@@ -101,9 +105,7 @@ def redundancy_rows(cells):
                 if not seeds:
                     continue
                 d = difference(seeds, [value[a, rs[0], s] - value[b, r, s] for s in seeds])
-                rows.append({"comparison": f"{a} r={rs[0]} - {b} r={r}", "seeds": len(seeds),
-                             "differences": " ".join(f"{x:+.4f}" for x in d["differences"]), "mean": d["mean"],
-                             "ci_low": d["ci_low"], "ci_high": d["ci_high"], "smaller_r_wins": d["wins"]})
+                rows.append({"comparison": f"{a} r={rs[0]} - {b} r={r}", **fields(d), "smaller_r_wins": d["wins"]})
     return rows
 
 
@@ -226,22 +228,21 @@ def plot_worker_accuracy(results, out):
     return True
 
 
+def format_difference(row, winner, wins):
+    interval = "" if row["ci_low"] is None else f" 95% CI [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
+    return f"mean {row['mean']:+.4f}{interval} {winner} won {wins} of {row['seeds']} ({row['differences']})"
+
+
 def format_paired(rows):
-    lines = ["\npaired test-error differences, seed by seed (negative: MBEM lower)"]
-    for row in rows:
-        interval = "" if row["ci_low"] is None else f" 95% CI [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
-        lines.append(f"r={row['redundancy']:<3} {row['comparison']:<11} mean {row['mean']:+.4f}{interval} "
-                     f"MBEM won {row['mbem_wins']} of {row['seeds']} ({row['differences']})")
-    return "\n".join(lines)
+    head = "\npaired test-error differences, seed by seed (negative: MBEM lower)"
+    return "\n".join([head] + [f"r={row['redundancy']:<3} {row['comparison']:<11} "
+                               f"{format_difference(row, 'MBEM', row['mbem_wins'])}" for row in rows])
 
 
 def format_redundancy(rows):
-    lines = ["\nthe budget: smaller r minus larger r, test error seed by seed (negative: the smaller r lower)"]
-    for row in rows:
-        interval = "" if row["ci_low"] is None else f" 95% CI [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
-        lines.append(f"{row['comparison']:<22} mean {row['mean']:+.4f}{interval} smaller r won "
-                     f"{row['smaller_r_wins']} of {row['seeds']} ({row['differences']})")
-    return "\n".join(lines)
+    head = "\nthe budget: smaller r minus larger r, test error seed by seed (negative: the smaller r lower)"
+    return "\n".join([head] + [f"{row['comparison']:<22} {format_difference(row, 'smaller r', row['smaller_r_wins'])}"
+                               for row in rows])
 
 
 def format_workers(rows, real):
