@@ -111,8 +111,9 @@ def redundancy_rows(cells):
 
 def worker_rows(cells):
     """Per algorithm and redundancy, estimated against true (simulated) or empirical (real) worker
-    accuracy, pooled over seeds: workers, the two means, mean absolute error, Pearson correlation
-    (none when either side is constant, as the majority vote's estimates are at r = 1)."""
+    accuracy, pooled over seeds: points (workers with a label, over all seeds), the two means,
+    mean absolute error, Pearson correlation (none when either side is constant, as the majority
+    vote's estimates are at r = 1)."""
     rows = []
     for algorithm in dict.fromkeys(c["algorithm"] for c in cells if c.get("worker_accuracy")):
         for r in sorted({c["redundancy"] for c in cells if c["algorithm"] == algorithm}):
@@ -120,7 +121,7 @@ def worker_rows(cells):
             if not len(est):
                 continue
             varies = len(est) > 1 and est.std() > 0 and true.std() > 0
-            rows.append({"algorithm": algorithm, "redundancy": r, "workers": len(est),
+            rows.append({"algorithm": algorithm, "redundancy": r, "points": len(est),
                          "mean_estimate": float(est.mean()), "mean_true": float(true.mean()),
                          "mae": float(np.abs(est - true).mean()),
                          "correlation": float(np.corrcoef(est, true)[0, 1]) if varies else None})
@@ -247,11 +248,11 @@ def format_redundancy(rows):
 
 def format_workers(rows, real):
     truth = "empirical" if real else "true"
-    lines = [f"\nworker accuracy, estimated against {truth}, pooled over seeds",
-             f"{'algorithm':<10}{'r':>4}{'workers':>9}{'estimate':>10}{truth:>11}{'abs error':>11}{'corr':>7}"]
+    lines = [f"\nworker accuracy, estimated against {truth}, pooled over seeds (a point: a worker in a seed)",
+             f"{'algorithm':<10}{'r':>4}{'points':>9}{'estimate':>10}{truth:>11}{'abs error':>11}{'corr':>7}"]
     for row in rows:
         corr = "-" if row["correlation"] is None else f"{row['correlation']:.2f}"
-        lines.append(f"{row['algorithm']:<10}{row['redundancy']:>4}{row['workers']:>9}{row['mean_estimate']:>10.3f}"
+        lines.append(f"{row['algorithm']:<10}{row['redundancy']:>4}{row['points']:>9}{row['mean_estimate']:>10.3f}"
                      f"{row['mean_true']:>11.3f}{row['mae']:>11.3f}{corr:>7}")
     return "\n".join(lines)
 

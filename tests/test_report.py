@@ -98,7 +98,7 @@ def test_worker_rows_by_hand_and_no_correlation_from_constant_estimates():
              cell("mbem", 1, 1, 0.4, worker_accuracy=[0.5, 0.6], worker_accuracy_true=[0.4, 1.0]),
              cell("wmv", 1, 0, 0.4, worker_accuracy=[1.0, 1.0], worker_accuracy_true=[0.3, 0.8])]
     rows = report.worker_rows(cells)
-    assert [(r["algorithm"], r["redundancy"], r["workers"]) for r in rows] == [("mbem", 1, 4), ("wmv", 1, 2)]
+    assert [(r["algorithm"], r["redundancy"], r["points"]) for r in rows] == [("mbem", 1, 4), ("wmv", 1, 2)]
     mbem, wmv = rows
     assert mbem["mean_estimate"] == pytest.approx(0.55) and mbem["mean_true"] == pytest.approx(0.625)
     assert mbem["mae"] == pytest.approx((0.1 + 0.1 + 0.1 + 0.4) / 4)
