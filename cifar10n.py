@@ -127,9 +127,9 @@ def worker_effects(right, workers, batches, min_labels=100):
     over workers. Real differences between workers show as a spread above the binomial one and a
     clearly positive split-half correlation."""
     w, ok = workers.ravel(), right.ravel().astype(float)
-    batch = np.repeat(batches, workers.shape[1])
-    pair, first_label = np.unique(w * (batches.max() + 1) + batch, return_inverse=True)
-    pair_worker = pair // (batches.max() + 1)
+    batch, span = np.repeat(batches, workers.shape[1]), batches.max() + 1
+    pair, first_label = np.unique(w * span + batch, return_inverse=True)  # (worker, batch) pairs, sorted
+    pair_worker = pair // span
     rank = np.arange(len(pair)) - np.searchsorted(pair_worker, pair_worker)  # batch's rank among the worker's
     half = rank[first_label] % 2
     m = w.max() + 1
@@ -165,8 +165,8 @@ def main(argv=None):
     except (InputError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    agreement = [float((labels[c] == labels["clean_label"]).mean()) for c in LABEL_COLUMNS]
     right = np.stack([labels[c] == labels["clean_label"] for c in LABEL_COLUMNS], axis=1)
+    agreement = right.mean(axis=0)
     effects = worker_effects(right, workers, batches)
     print(f"{len(table)} labels of {N} images by {len(np.unique(workers))} workers -> {args.out}; agreement with "
           f"clean_label {' '.join(f'{a:.4f}' for a in agreement)}\n"

@@ -41,15 +41,22 @@ def summarise(cells, metric="test_error"):
     return table
 
 
+def by_cell(cells, metric="test_error"):
+    """{(algorithm, redundancy, seed): metric} of the cells that have it."""
+    return {(c["algorithm"], c["redundancy"], c["seed"]): c[metric] for c in cells if c.get(metric) is not None}
+
+
+def compare(value, a, r_a, b, r_b):
+    """difference() of value[a, r_a, s] - value[b, r_b, s] over the seeds s both have; None if none."""
+    seeds = sorted(s for (x, r, s) in value if x == a and r == r_a and (b, r_b, s) in value)
+    return difference(seeds, [value[a, r_a, s] - value[b, r_b, s] for s in seeds]) if seeds else None
+
+
 def paired(cells, method="mbem", baseline="wmv", metric="test_error"):
-    """{redundancy: Paired} for every r where both were run on at least one common seed."""
-    value = {(c["algorithm"], c["redundancy"], c["seed"]): c[metric] for c in cells if c.get(metric) is not None}
-    out = {}
-    for r in sorted({c["redundancy"] for c in cells}):
-        seeds = sorted(s for (a, rr, s) in value if a == method and rr == r and (baseline, r, s) in value)
-        if seeds:
-            out[r] = difference(seeds, [value[method, r, s] - value[baseline, r, s] for s in seeds])
-    return out
+    """{redundancy: difference} for every r where both were run on at least one common seed."""
+    value = by_cell(cells, metric)
+    out = {r: compare(value, method, r, baseline, r) for r in sorted({c["redundancy"] for c in cells})}
+    return {r: d for r, d in out.items() if d is not None}
 
 
 def difference(seeds, diffs):
@@ -93,19 +100,13 @@ def redundancy_rows(cells):
     label r times)."""
     rs = sorted({c["redundancy"] for c in cells})
     algorithms = list(dict.fromkeys(c["algorithm"] for c in cells))
-    value = {(c["algorithm"], c["redundancy"], c["seed"]): c["test_error"] for c in cells
-             if c.get("test_error") is not None}
+    value = by_cell(cells)
     rows = []
     for r in rs[1:]:
         for a in algorithms:
             for b in algorithms:
-                if a != b and (a != "mbem" or b == "clean"):
-                    continue
-                seeds = sorted(s for (aa, rr, s) in value if aa == a and rr == rs[0] and (b, r, s) in value)
-                if not seeds:
-                    continue
-                d = difference(seeds, [value[a, rs[0], s] - value[b, r, s] for s in seeds])
-                rows.append({"comparison": f"{a} r={rs[0]} - {b} r={r}", **fields(d), "smaller_r_wins": d["wins"]})
+                if (a == b or (a == "mbem" and b != "clean")) and (d := compare(value, a, rs[0], b, r)):
+                    rows.append({"comparison": f"{a} r={rs[0]} - {b} r={r}", **fields(d), "smaller_r_wins": d["wins"]})
     return rows
 
 
@@ -118,14 +119,19 @@ def worker_rows(cells):
     for algorithm in dict.fromkeys(c["algorithm"] for c in cells if c.get("worker_accuracy")):
         for r in sorted({c["redundancy"] for c in cells if c["algorithm"] == algorithm}):
             est, true = worker_points(cells, algorithm, r)
-            if not len(est):
-                continue
-            varies = len(est) > 1 and est.std() > 0 and true.std() > 0
-            rows.append({"algorithm": algorithm, "redundancy": r, "points": len(est),
-                         "mean_estimate": float(est.mean()), "mean_true": float(true.mean()),
-                         "mae": float(np.abs(est - true).mean()),
-                         "correlation": float(np.corrcoef(est, true)[0, 1]) if varies else None})
+            if len(est):
+                rows.append({"algorithm": algorithm, "redundancy": r, "points": len(est),
+                             "mean_estimate": float(est.mean()), "mean_true": float(true.mean()),
+                             **agreement(est, true)})
     return rows
+
+
+def agreement(est, true):
+    """Mean absolute error and Pearson correlation of estimated against true accuracies (no
+    correlation when either side is constant)."""
+    varies = len(est) > 1 and est.std() > 0 and true.std() > 0
+    return {"mae": float(np.abs(est - true).mean()) if len(est) else float("nan"),
+            "correlation": float(np.corrcoef(est, true)[0, 1]) if varies else None}
 
 
 def write_csv(path, rows, columns):
@@ -211,10 +217,9 @@ def plot_worker_accuracy(results, out):
             est, true = worker_points(cells, algorithm, r)
             ax.plot([0, 1], [0, 1], color="0.6", linewidth=1)
             ax.scatter(true, est, s=8, alpha=0.5)
-            mae = np.abs(est - true).mean() if len(est) else float("nan")
-            varies = len(est) > 1 and est.std() > 0 and true.std() > 0
-            corr = f", correlation {np.corrcoef(est, true)[0, 1]:.2f}" if varies else ""
-            ax.set_title(f"{NAMES[algorithm]}, r = {r}\nmean abs error {mae:.3f}{corr}", fontsize=8)
+            fit = agreement(est, true)
+            corr = "" if fit["correlation"] is None else f", correlation {fit['correlation']:.2f}"
+            ax.set_title(f"{NAMES[algorithm]}, r = {r}\nmean abs error {fit['mae']:.3f}{corr}", fontsize=8)
             ax.set_xlim(-0.02, 1.02)
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
