@@ -8,8 +8,9 @@ the figures and the files beside results.json.
     error_vs_redundancy.png   test error against redundancy (the paper's figure)
     worker_accuracy.png       estimated against true per-worker accuracy, at r = 1 and the largest r
 
-Seeds share their simulated workers and items across algorithms, so methods are compared seed
-by seed: the difference d_s = error(MBEM, s) - error(baseline, s) for each seed s, its mean,
+Every spread over seeds is the sample standard deviation (n - 1; none from one seed). Seeds share
+their simulated workers and items across algorithms, so methods are compared seed by seed: the
+difference d_s = error(MBEM, s) - error(baseline, s) for each seed s, its mean,
 and the interval mean +- t_{0.975, S-1} sd(d) / sqrt(S) over the S seeds.
 """
 
@@ -22,7 +23,7 @@ from collections import Counter
 import numpy as np
 from scipy import stats
 
-from aggregation import atomic_write
+from label_files import atomic_write
 
 NAMES = {"mv": "majority vote", "wmv": "weighted MV", "em": "label-only EM", "mbem": "MBEM",
          "oracle": "oracle confusions", "clean": "clean labels"}
@@ -39,6 +40,16 @@ def summarise(cells, metric="test_error"):
         if cell.get(metric) is not None:
             table.setdefault(cell["algorithm"], {}).setdefault(cell["redundancy"], []).append(cell[metric])
     return table
+
+
+def spread(values):
+    """The sample standard deviation over seeds (n - 1), NaN for a single seed (no spread known)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def format_spread(values):
+    sd = spread(values)
+    return "  -  " if math.isnan(sd) else f"{sd:.3f}"
 
 
 def by_cell(cells, metric="test_error"):
@@ -183,14 +194,15 @@ def plot_error(results, out):
     for i, (algorithm, by_r) in enumerate(summarise(results["cells"]).items()):
         rs = sorted(by_r)
         color = f"C{i}"
-        ax.errorbar(rs, [np.mean(by_r[r]) for r in rs], yerr=[np.std(by_r[r]) for r in rs], marker="o", capsize=3,
+        sd = [0.0 if math.isnan(s) else s for s in (spread(by_r[r]) for r in rs)]  # one seed: no bar
+        ax.errorbar(rs, [np.mean(by_r[r]) for r in rs], yerr=sd, marker="o", capsize=3,
                     color=color, linestyle="--" if top5 else "-", label=NAMES.get(algorithm, algorithm))
         if algorithm in top5:  # the paper's ImageNet figure: solid top-5, dashed top-1
             ax.plot(rs, [np.mean(top5[algorithm][r]) for r in rs], marker="s", color=color)
     ax.set_xticks(sorted({cell["redundancy"] for cell in results["cells"]}))
     ax.set_xlabel("redundancy r (labels per item), fixed budget")
     ax.set_ylabel("test error (top-1 dashed, top-5 solid)" if top5 else "test error (top-1)")
-    ax.set_title(title(results["config"], results["cells"]) + " (mean and std)", fontsize=8)
+    ax.set_title(title(results["config"], results["cells"]) + " (mean and sample std)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -270,9 +282,9 @@ def format_table(results):
         if not table:
             continue
         rs = sorted({r for by_r in table.values() for r in by_r})
-        lines += [f"\n{metric}, mean +- std over seeds", " " * 22 + "".join(f"r={r:<13}" for r in rs)]
+        lines += [f"\n{metric}, mean +- sample std over seeds", " " * 22 + "".join(f"r={r:<13}" for r in rs)]
         for algorithm, by_r in table.items():
-            lines.append(f"{algorithm:<22}" + "".join(f"{np.mean(by_r[r]):.3f} +- {np.std(by_r[r]):.3f}  "
+            lines.append(f"{algorithm:<22}" + "".join(f"{np.mean(by_r[r]):.3f} +- {format_spread(by_r[r])}  "
                                                       if r in by_r else " " * 15 for r in rs))
     return "\n".join(lines)
 

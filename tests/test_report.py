@@ -110,3 +110,13 @@ def test_worker_rows_by_hand_and_no_correlation_from_constant_estimates():
     assert wmv["correlation"] is None and wmv["mae"] == pytest.approx(0.45)
     printed = report.format_workers(rows, real=True)
     assert "empirical" in printed and printed.splitlines()[-1].split()[-1] == "-"
+
+
+def test_spreads_are_the_sample_standard_deviation():
+    """One convention everywhere: n - 1 over the seeds (0.1 here, where the population std is 0.082);
+    a single seed has no spread and prints none."""
+    assert report.spread([0.4, 0.5, 0.6]) == pytest.approx(0.1)
+    assert math.isnan(report.spread([0.4]))
+    cells = [{"algorithm": "mv", "redundancy": 1, "seed": s, "test_error": e} for s, e in enumerate([0.4, 0.5, 0.6])]
+    assert "0.500 +- 0.100" in report.format_table({"cells": cells})
+    assert "0.400 +-   -" in report.format_table({"cells": cells[:1]})
