@@ -10,22 +10,33 @@ memory is O(labels + m K^2 + n K) and no Python loop runs over items or labels:
 
 where T (n x K) is any distribution over each item's true class (hard or soft).
 
-Run as a script it aggregates a CSV of real labels: `python aggregation.py --help`.
+Every method has one name, used by every command line, results file and report (METHODS).
+Run as a script it aggregates a CSV of real labels (label_files.py): `python aggregation.py --help`.
 """
 
-import itertools
-import os
-import re
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
-from cli import Parser, number, output_problem
+from cli import InputError
+
+METHODS = {  # name: what a report calls it
+    "mv": "majority vote",
+    "wmv": "weighted MV",
+    "em": "label-only EM",
+    "mbem": "MBEM",
+    "oracle": "oracle confusions",
+    "clean": "clean labels",
+}
+ALIASES = {"ds": "em"}  # Dawid-Skene, as crowd-kit names label-only EM
+
+
+def canonical(name):
+    """A method's one name: `ds` is `em`; other names pass unchanged (and are checked by the caller)."""
+    return ALIASES.get(name.strip().lower(), name.strip().lower())
+
 
 RELEASE_ZERO = 1e-10  # the release replaces zero confusion entries by this before renormalising
 
@@ -271,203 +282,22 @@ def group_labels(ann, g):
     return Grouped(Annotations(ann.items, ann.workers, ann.labels % g, ann.n, ann.m, g), group, ann.K)
 
 
-# ----------------------------------------------------------------------------- the CSV command line
-
-ITEM_COLUMNS, WORKER_COLUMNS, LABEL_COLUMNS = ("item", "task", "question"), ("worker",), ("label", "answer")
-# Every upper/lower-case spelling of the words that mean "no value" (NaN, nan, NULL, ...).
-MISSING = sorted({"".join(chars) for word in ("", "nan", "na", "n/a", "null", "none")
-                  for chars in itertools.product(*({c.lower(), c.upper()} for c in word))})
-
-
-class InputError(Exception):
-    """Bad input: reported as one line on stderr, exit status 2."""
-
-
-def clean_codes(column):
-    """Integer codes for a column of strings and the distinct names, in order of first appearance;
-    code -1 marks a missing value (read_csv turns every MISSING spelling into NaN).
-    Surrounding white space is dropped; it is looked for once in the joined distinct names, so the
-    per-name strip runs only when some name has it."""
-    codes, names = pd.factorize(column, sort=False)
-    if re.search(r"(^|\x00)\s|\s($|\x00)", "\x00".join(names)):
-        stripped = pd.Index(names).str.strip()
-        codes2, names = pd.factorize(stripped.where(~stripped.isin(MISSING)), sort=False)  # " NaN " is missing
-        codes = np.where(codes >= 0, codes2[np.maximum(codes, 0)], -1)
-    return codes.astype(np.int64), list(names)
-
-
-def sort_classes(names):
-    """Class names in numeric order when they are all numbers, else in string order."""
-    try:
-        return sorted(names, key=float)
-    except ValueError:
-        return sorted(names)
-
-
-def find_column(header, aliases, path):
-    lowered = [str(h).strip().lower() for h in header]
-    for alias in aliases:
-        if alias in lowered:
-            return header[lowered.index(alias)]
-    raise InputError(f"{path}: no column named {' or '.join(aliases)} in header {','.join(map(str, header))}")
-
-
-def read_answers(path):
-    """Read a CSV (item, worker, label) into Annotations and the names of items, workers, classes.
-
-    pandas' C parser reads 1.2M rows in well under a second; the csv module takes several.
-    """
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=MISSING, skip_blank_lines=True)
-    except pd.errors.EmptyDataError as err:
-        raise InputError(f"{path}: empty file") from err
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise InputError(f"{path}: cannot read as CSV: {str(err).strip().splitlines()[-1]}") from err
-    columns = [find_column(list(frame.columns), aliases, path)
-               for aliases in (ITEM_COLUMNS, WORKER_COLUMNS, LABEL_COLUMNS)]
-    if frame.empty:
-        raise InputError(f"{path}: no labels after the header")
-    (items, item_names), (workers, worker_names), (raw_labels, seen) = (clean_codes(frame[c]) for c in columns)
-    for what, codes in (("item", items), ("worker", workers), ("label", raw_labels)):
-        if codes.min() < 0:
-            raise InputError(f"{path}:{int(np.argmax(codes < 0)) + 2}: blank or NaN {what}")
-    classes = sort_classes(seen)
-    if len(classes) < 2:
-        raise InputError(f"{path}: every label is {classes[0]!r}: aggregation needs at least two classes")
-    rank = {c: k for k, c in enumerate(classes)}
-    labels = np.array([rank[c] for c in seen], dtype=np.int64)[raw_labels]
-    pairs = items * len(worker_names) + workers
-    order = np.argsort(pairs, kind="stable")
-    repeated = np.flatnonzero(pairs[order][1:] == pairs[order][:-1])
-    if len(repeated):
-        row = int(order[repeated[0] + 1])
-        raise InputError(f"{path}:{row + 2}: duplicate (item, worker) row: "
-                         f"{item_names[items[row]]}, {worker_names[workers[row]]}")
-    ann = Annotations(items, workers, labels, len(item_names), len(worker_names), len(classes))
-    return ann, item_names, worker_names, classes
-
-
-UMASK = os.umask(0o022)  # read once (umask can only be read by setting it) and put back at once
-os.umask(UMASK)
-
-
-def atomic_write(path, data):
-    """Write bytes to a temporary file beside `path`, then rename: a reader never sees half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; an output file gets the mode open() would give it
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def csv_field(name):
-    """Quote a name for CSV when it holds a comma, quote or newline."""
-    if any(c in name for c in ',"\n\r'):
-        return '"' + name.replace('"', '""') + '"'
-    return name
-
-
-def csv_fields(names):
-    """csv_field over a list of names; one scan of the joined text decides whether any needs quoting."""
-    joined = "\x00".join(names)
-    return [csv_field(s) for s in names] if any(c in joined for c in ',"\n\r') else names
-
-
-# ",d.ddd" for 0..1000 thousandths and "ddd" for 0..999 millionths: probabilities are formatted
-# by two table look-ups per entry instead of one Python format call per float (10x faster).
-_HIGH = np.array([f",{h // 1000}.{h % 1000:03d}".encode() for h in range(1001)], dtype="S6")
-_LOW = np.array([f"{v:03d}".encode() for v in range(1000)], dtype="S3")
-
-
-def format_probabilities(probs):
-    """One byte string per row: ",p_0,p_1,..." with six decimals."""
-    high, low = np.divmod(np.rint(probs * 1e6).astype(np.int32), 1000)
-    text = np.empty(probs.shape, dtype=[("high", "S6"), ("low", "S3")])
-    text["high"], text["low"] = _HIGH[high], _LOW[low]
-    return text.view(f"S{9 * probs.shape[1]}").ravel().tolist()
-
-
-def posterior_csv(probs, item_names, classes):
-    """item,label,p_<class>... as bytes; label is the most probable class, spelled as in the input."""
-    header = ",".join(["item", "label"] + csv_fields([f"p_{c}" for c in classes]))
-    quoted = csv_fields(item_names)
-    joined = "\n".join(quoted)  # encode once and split, unless a quoted name holds a newline itself
-    names = joined.encode().split(b"\n") if joined.count("\n") == len(quoted) - 1 else [q.encode() for q in quoted]
-    labels = [("," + c).encode() for c in csv_fields(classes)]
-    best = np.array(labels, dtype=object)[np.argmax(probs, axis=1)].tolist()
-    lines = map(b"".join, zip(names, best, format_probabilities(probs), strict=True))
-    return header.encode() + b"\n" + b"\n".join(lines) + b"\n"
-
-
-def confusions_csv(confusions, worker_names, classes):
-    """worker,true_label,given_label,probability: one row per confusion entry."""
-    rows = ["worker,true_label,given_label,probability"]
-    quoted = [csv_field(c) for c in classes]
-    for a, name in enumerate(worker_names):
-        worker = csv_field(str(name))
-        rows += [f"{worker},{quoted[k]},{quoted[l]},{confusions[a, k, l]:.6g}"
-                 for k in range(len(classes)) for l in range(len(classes))]
-    return ("\n".join(rows) + "\n").encode()
-
-
 def aggregate(ann, method, rng, max_iter=100, tol=1e-7):
-    """(posterior n x K, confusions m x K x K, iterations) for method in mv, wmv, ds."""
+    """(posterior n x K, confusions m x K x K, iterations) for the label-only methods mv, wmv, em:
+    the confusions of MV and WMV are estimated from their own posterior, as MBEM's M-step would."""
     if method == "mv":
         probs, iterations = one_hot(majority_vote(ann, rng), ann.K), 0
     elif method == "wmv":
         probs, iterations = weighted_majority_vote(ann), 0
-    else:
+    elif method == "em":
         result = dawid_skene(ann, max_iter=max_iter, tol=tol)
         return result.posterior, result.confusions, result.iterations
+    else:
+        raise ValueError(f"{method!r} is not a label-only method (mv, wmv, em)")
     return probs, estimate_confusions(ann, probs), iterations
 
 
-def main(argv=None):
-    parser = Parser(
-        description="Aggregate crowdsourced labels (CSV with columns item, worker, label; "
-        "aliases task/question and answer) into a posterior over each item's true class.")
-    parser.add_argument("answers", help="CSV of labels, one row per (item, worker, label)")
-    parser.add_argument("--method", choices=["mv", "wmv", "ds"], default="ds",
-                        help="mv: majority vote; wmv: label frequencies; ds: Dawid-Skene EM (default)")
-    parser.add_argument("--out", help="write item,label,p_<class>... here (default: stdout)")
-    parser.add_argument("--confusions-out", help="write each worker's estimated confusion matrix here (long CSV)")
-    parser.add_argument("--seed", type=number(int, 0), default=0, help="seed for majority-vote tie breaking")
-    parser.add_argument("--max-iter", type=number(int, 1), default=100, help="Dawid-Skene iteration cap")
-    parser.add_argument("--tol", type=number(float, 0), default=1e-7,
-                        help="Dawid-Skene stop: mean log-likelihood gain")
-    args = parser.parse_args(argv)
-    for flag, path in (("--out", args.out), ("--confusions-out", args.confusions_out)):
-        if path and (problem := output_problem(path)):
-            parser.error(f"{flag}: {problem}")
-    start = time.perf_counter()
-    try:
-        ann, item_names, worker_names, classes = read_answers(args.answers)
-    except InputError as err:
-        print("error: " + str(err).replace("\n", "\\n").replace("\r", "\\r"), file=sys.stderr)  # one line
-        return 2
-    probs, confusions, iterations = aggregate(ann, args.method, np.random.default_rng(args.seed),
-                                              args.max_iter, args.tol)
-    table = posterior_csv(probs, item_names, classes)
-    try:
-        if args.confusions_out:
-            atomic_write(args.confusions_out, confusions_csv(confusions, worker_names, classes))
-        if args.out:
-            atomic_write(args.out, table)
-        else:
-            sys.stdout.buffer.write(table)
-            sys.stdout.flush()
-    except OSError as err:
-        print(f"error: cannot write the output: {err}", file=sys.stderr)
-        return 2
-    print(f"items {ann.n} workers {ann.m} labels {len(ann.items)} classes {ann.K} "
-          f"iterations {iterations} seconds {time.perf_counter() - start:.2f}", file=sys.stderr)
-    return 0
-
-
 if __name__ == "__main__":
+    from label_files import main  # the command line lives with the file formats it reads and writes
+
     sys.exit(main())

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import aggregation as agg
+from cli import InputError
+from label_files import read_answers
 
 
 @dataclass
@@ -37,14 +39,14 @@ def first(names, limit=5):
 def match_items(item_names, train_names):
     """Training-image index of each CSV item; InputError naming the first unknown ones."""
     if train_names is None:
-        raise agg.InputError("this dataset has no image names to match annotations to (use --dataset cifar10 "
+        raise InputError("this dataset has no image names to match annotations to (use --dataset cifar10 "
                              "or a class-folder --source)")
     index = {name: i for i, name in enumerate(train_names)}
     names = [n[len("train/"):] if n.startswith("train/") else n for n in item_names]
     images = np.array([index.get(n, -1) for n in names], dtype=np.int64)
     unknown = [item_names[i] for i in np.flatnonzero(images < 0)]
     if unknown:
-        raise agg.InputError(f"{len(unknown)} items name no training image: {first(unknown)} (expected names "
+        raise InputError(f"{len(unknown)} items name no training image: {first(unknown)} (expected names "
                              f"like {train_names[0]!r})")
     return images
 
@@ -59,14 +61,14 @@ def match_classes(csv_classes, classes):
         bad = [c for c, k in zip(csv_classes, ks, strict=True) if not 0 <= k < len(classes)]
         if not bad:
             return ks
-        raise agg.InputError(f"labels {first(bad)} are not class indices 0..{len(classes) - 1}")
+        raise InputError(f"labels {first(bad)} are not class indices 0..{len(classes) - 1}")
     unknown = [c for c in csv_classes if c not in index]
-    raise agg.InputError(f"labels {first(unknown)} are not classes of the dataset ({first(classes, 10)})")
+    raise InputError(f"labels {first(unknown)} are not classes of the dataset ({first(classes, 10)})")
 
 
 def read(path, train_names, classes):
     """The CSV at `path` as RealLabels over the dataset's training images and classes."""
-    ann, item_names, worker_names, csv_classes = agg.read_answers(path)
+    ann, item_names, worker_names, csv_classes = read_answers(path)
     images = match_items(item_names, train_names)
     labels = match_classes(csv_classes, classes)
     return RealLabels(images[ann.items], ann.workers, labels[ann.labels], [str(w) for w in worker_names], ann.m)
@@ -82,7 +84,7 @@ def subsample(real, allowed, r, n, rng, K):
         images = eligible
     else:
         if len(eligible) < n:
-            raise agg.InputError(f"redundancy {r} with {n} items needs {n} images with at least {r} labels; the "
+            raise InputError(f"redundancy {r} with {n} items needs {n} images with at least {r} labels; the "
                                  f"annotations have {len(eligible)} (lower the budget or the redundancy)")
         images = rng.choice(eligible, size=n, replace=False)
     position = np.full(len(allowed), -1, dtype=np.int64)

@@ -77,3 +77,11 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class InputError(ValueError):
+    """Bad input data (a label file, a dataset): one line on stderr, exit status 2."""
+
+
+class RunError(Exception):
+    """A problem with the user's data or output folder found during a run: one line on stderr, exit status 2."""

@@ -1,15 +1,69 @@
-"""What both trainers share (resnet.py for MXNet, resnet_torch.py for PyTorch): the numpy input
-pipeline (the release's augmentation, a background-thread batch iterator), the network's shape
-and the --gpus parser.
+"""What both trainers share (resnet.py for MXNet, resnet_torch.py for PyTorch), written once: the
+release's training recipe, the network's shape, the numpy input pipeline (the release's
+augmentation, a background-thread batch iterator), the per-epoch record and the choice of the
+tested epoch, and the --gpus parser.
+
+Both trainers expose one contract: devices(gpus), build(depth, classes, gpus, seed, ...),
+train(images, targets, classes, ...) -> (model, history), predict_proba(model, images, ...),
+accuracy(model, images, labels, ...).
 
 Images are uint8 (N, C, H, W) in memory; batches come out as float32 for the network.
 """
 
+import math
 import queue
 import threading
+import time
 from fractions import Fraction
 
 import numpy as np
+from tqdm import tqdm
+
+# ----------------------------------------------------------------------------- the release's recipe
+MOMENTUM = 0.9  # Nesterov momentum
+WEIGHT_DECAY = 1e-4  # on `decayed` parameters only
+BN_EPS = 2e-5  # BatchNorm epsilon
+BN_MOMENTUM = 0.9  # MXNet's convention: the share of the running statistic kept each batch (PyTorch's 0.1)
+INIT_MAGNITUDE = 2.0  # Xavier, gaussian, on the fan-in: weights ~ N(0, magnitude / fan_in)
+DROPS = (Fraction(2, 3), Fraction(5, 6))  # the learning rate falls x0.1 after these shares of the updates
+IMAGENET_DROPS = (Fraction(1, 3), Fraction(2, 3))  # the standard ImageNet schedule: after 30 and 60 of 90
+
+
+def base_lr(batch_size, imagenet=False):
+    """The release's 0.5 at batch 500, linear in the batch size (ImageNet's standard: 0.1 per 256)."""
+    return 0.1 * batch_size / 256 if imagenet else 0.5 * batch_size / 500
+
+
+def init_std(fan_in):
+    """The standard deviation of a fresh weight: Xavier gaussian on the fan-in, magnitude 2."""
+    return math.sqrt(INIT_MAGNITUDE / fan_in)
+
+
+def decayed(name):
+    """Whether weight decay applies to a parameter: the release trains with MXNet's Module API,
+    whose optimizer (Optimizer.set_wd_mult, mxnet 0.x to 1.9.1) decays only names ending in
+    _weight or _gamma: convolution and dense weights and BatchNorm scales, not BatchNorm shifts or
+    the dense bias. PyTorch names the same tensors ...weight (a BatchNorm scale is its weight)."""
+    return name.endswith(("weight", "gamma"))
+
+
+def update_steps(updates, milestones):
+    """The update counts after which the learning rate falls x0.1: floor(updates x f) for each
+    fraction f (exact: Fractions), at least 1 and strictly increasing, as MXNet's
+    MultiFactorScheduler needs them."""
+    steps = []
+    for fraction in milestones:
+        steps.append(max(int(updates * fraction), steps[-1] + 1 if steps else 1))
+    return steps
+
+
+def learning_rate(base, update, drops):
+    """MXNet's MultiFactorScheduler: the rate of update number `update` (from 1), x0.1 for every
+    drop the count has passed."""
+    return base * 0.1 ** sum(update > d for d in drops)
+
+
+# ----------------------------------------------------------------------------- the input pipeline
 
 
 def augment(images, rng, pad=4, fill=127):
@@ -84,6 +138,8 @@ def gpu_ids(gpus):
     return ids
 
 
+# ----------------------------------------------------------------------------- the network's shape
+
 IMAGENET_UNITS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # basic blocks per stage (He et al. 2016)
 
 
@@ -99,15 +155,45 @@ def stages(depth, imagenet):
     return ((depth - 2) // 6,) * 3, (16, 32, 64)
 
 
-DROPS = (Fraction(2, 3), Fraction(5, 6))  # the release: x0.1 after epochs 40 and 50 of 60
-IMAGENET_DROPS = (Fraction(1, 3), Fraction(2, 3))  # the standard ImageNet schedule: after 30 and 60 of 90
+# ----------------------------------------------------------------------------- one epoch's record
 
+class Epochs:
+    """The per-epoch record of a training and the choice of the model that is tested, for both
+    trainers. select_epoch: 'last' keeps the final weights; 'val' the epoch with the best accuracy
+    on `val` = (images, labels); 'test' the best on `test`, the release's behaviour, which peeks at
+    the test labels and so reports an optimistic figure.
 
-def update_steps(updates, milestones):
-    """The update counts after which the learning rate falls x0.1: floor(updates x f) for each
-    fraction f (exact: Fractions), at least 1 and strictly increasing, as MXNet's
-    MultiFactorScheduler needs them."""
-    steps = []
-    for fraction in milestones:
-        steps.append(max(int(updates * fraction), steps[-1] + 1 if steps else 1))
-    return steps
+    Each record: epoch, loss (mean over the rows with a target), train_acc (against the argmax of
+    the targets), lr (of the epoch's last update), updates (so far), img_per_s, seconds, and
+    val_acc / test_acc when those sets are given."""
+
+    def __init__(self, select_epoch, val, test, desc, epochs, progress):
+        self.monitor = {name: data for name, data in (("val", val), ("test", test)) if data is not None}
+        if select_epoch != "last" and select_epoch not in self.monitor:
+            raise ValueError(f"select_epoch={select_epoch!r} needs {select_epoch} images and labels")
+        self.select, self.desc, self.epochs, self.progress = select_epoch, desc, epochs, progress
+        self.history, self.best, self.best_state = [], -1.0, None
+
+    def bar(self, batches_, total):
+        epoch = len(self.history) + 1
+        self.start = time.perf_counter()
+        return tqdm(batches_, total=total, disable=not self.progress, desc=f"{self.desc} epoch {epoch}/{self.epochs}",
+                    leave=False, unit="batch")
+
+    def end(self, loss_sum, correct, seen, updates, lr, images, accuracy, snapshot):
+        """Record the epoch just trained (call after the reads that wait for its last step);
+        accuracy(images, labels) scores the model, snapshot() copies its weights when it is the best."""
+        seconds = time.perf_counter() - self.start
+        record = {"epoch": len(self.history) + 1, "loss": loss_sum / max(seen, 1.0),
+                  "train_acc": correct / max(seen, 1.0), "lr": lr, "updates": updates,
+                  "img_per_s": images / seconds, "seconds": seconds}
+        for name, (x, y) in self.monitor.items():
+            record[f"{name}_acc"] = accuracy(x, y)
+        self.history.append(record)
+        if self.progress:
+            extra = "".join(f" {k} {record[k]:.3f}" for k in ("val_acc", "test_acc") if k in record)
+            tqdm.write(f"{self.desc} epoch {record['epoch']}/{self.epochs} loss {record['loss']:.3f} "
+                       f"train_acc {record['train_acc']:.3f}{extra} {record['img_per_s']:.0f} img/s")
+        if self.select != "last" and record[f"{self.select}_acc"] > self.best:
+            self.best, self.best_state = record[f"{self.select}_acc"], snapshot()
+        return record

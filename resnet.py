@@ -7,10 +7,10 @@ the first unit of every stage, then BN-ReLU, global average pool, dense, log-sof
 
 Loss on a soft target q (the posterior of the true class): -sum_k q_k log p_k, batch mean.
 
-Training as released: Nesterov momentum 0.9, learning rate 0.5 at batch 500 (linear in the
-batch size), weight decay 1e-4 on weights and BatchNorm scales only (`decayed`), x0.1 after
-2/3 and 5/6 of the epochs, Xavier init (gaussian, fan-in, magnitude 2). The input pipeline
-(augmentation, batches) is pipeline.py, shared with the PyTorch trainer resnet_torch.py.
+Training as released, with the recipe written once in pipeline.py and read here and by the
+PyTorch trainer resnet_torch.py (the same functions, the same signatures): Nesterov momentum,
+the learning rate linear in the batch size and its drops, weight decay on weights and BatchNorm
+scales only, BatchNorm eps and momentum, Xavier init; the input pipeline and the per-epoch record.
 Speed choices, none of which changes the algorithm (bench/bench_train.py measures them):
 - OMP_NUM_THREADS = the core count, set before mxnet loads: with its default, training here
   used one of the two cores (user time = wall time), the largest single gain;
@@ -26,8 +26,8 @@ two processes oversubscribing the cores slow each other down by far more than ha
 
 import os
 import sys
-import time
 import warnings
+from dataclasses import dataclass
 
 if "mxnet" in sys.modules and "OMP_NUM_THREADS" not in os.environ:
     warnings.warn("mxnet was imported before resnet with OMP_NUM_THREADS unset: training may use fewer "
@@ -38,17 +38,38 @@ import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from pipeline import DROPS, batches, gather, gpu_ids, rows, stages, update_steps  # noqa: E402
+from pipeline import (  # noqa: E402
+    BN_EPS,
+    BN_MOMENTUM,
+    DROPS,
+    INIT_MAGNITUDE,
+    MOMENTUM,
+    WEIGHT_DECAY,
+    Epochs,
+    base_lr,
+    batches,
+    decayed,
+    gather,
+    rows,
+    stages,
+    update_steps,
+)
 
-BN = {"epsilon": 2e-5, "momentum": 0.9}  # the release's BatchNorm settings
+BN = {"epsilon": BN_EPS, "momentum": BN_MOMENTUM}
 
 
-def parse_gpus(gpus):
-    """None or '' -> [cpu]; '0' or '0,1' -> those GPUs. Raises ValueError on anything else."""
-    ids = gpu_ids(gpus)
-    return [mx.gpu(i) for i in ids] if ids else [mx.cpu()]
+def to_devices(gpus):
+    """--gpus ids ([] or None: the CPU) as MXNet contexts."""
+    return [mx.gpu(i) for i in gpus] if gpus else [mx.cpu()]
+
+
+@dataclass
+class Model:
+    """A trained network and the contexts it runs on."""
+
+    net: nn.HybridBlock
+    contexts: list
 
 
 class Unit(nn.HybridBlock):
@@ -107,13 +128,19 @@ class SoftTargetLoss(nn.HybridBlock):
         return -F.sum(target * log_probs, axis=1), log_probs
 
 
-def build(depth, classes, contexts, seed, imagenet=False):
-    """A fresh ResNet with the release's Xavier init, hybridized with a static memory plan."""
+def build(depth, classes, gpus=None, seed=0, imagenet=False, precision="fp32", compile=False, devices=None,
+          in_channels=3):
+    """A fresh ResNet with the release's Xavier init, hybridized with a static memory plan (MXNet's
+    own graph compilation, always on: `compile` is torch.compile's switch, and MXNet infers
+    `in_channels` at the first batch). fp32 only."""
+    if precision != "fp32":
+        raise ValueError(f"--precision {precision} is for --backend torch")
+    contexts = devices or to_devices(gpus)
     mx.random.seed(seed)
     net = ResNet(depth, classes, imagenet)
-    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=contexts)
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=INIT_MAGNITUDE), ctx=contexts)
     net.hybridize(static_alloc=True, static_shape=True)
-    return net
+    return Model(net, contexts)
 
 
 def split(array, contexts):
@@ -123,83 +150,67 @@ def split(array, contexts):
     return gluon.utils.split_data(array, len(contexts), even_split=False)
 
 
-def decayed(name):
-    """Whether weight decay applies to a parameter: the release trains with MXNet's Module API,
-    whose optimizer (Optimizer.set_wd_mult, mxnet 0.x to 1.9.1) decays only names ending in
-    _weight or _gamma: convolution and dense weights and BatchNorm scales, not BatchNorm shifts
-    or the dense bias. A Gluon Trainer would decay every parameter."""
-    return name.endswith(("_weight", "_gamma"))
-
-
-def nag(net, lr, schedule=None, wd=1e-4):
-    """The release's optimizer: NAG, momentum 0.9, weight decay on the `decayed` parameters only."""
+def nag(net, lr, schedule=None):
+    """The release's optimizer: NAG with weight decay on the `decayed` parameters only (a Gluon
+    Trainer alone would decay every parameter)."""
     params = net.collect_params()
     for name, param in params.items():
         param.wd_mult = 1.0 if decayed(name) else 0.0
-    options = {"learning_rate": lr, "momentum": 0.9, "wd": wd}
+    options = {"learning_rate": lr, "momentum": MOMENTUM, "wd": WEIGHT_DECAY}
     return gluon.Trainer(params, "nag", options if schedule is None else dict(options, lr_scheduler=schedule))
 
 
-def predict_proba(net, images, contexts, batch_size=500, pad=0, rng=None, columns=None):
+def predict_proba(model, images, batch_size=500, pad=0, rng=None, columns=None):
     """Class probabilities (n, K) for uint8 images (or an image stream), in batches; rows sum to 1.
     With pad > 0 each image is augmented once first (the release predicts the training items
     through its training iterator: randomly cropped and mirrored). columns(idx) -> (B, g) keeps
     only those classes of each row (the grouped form: n x g, never n x K)."""
     out = []
     for x, idx in batches(images, batch_size, rng, pad=pad):
-        parts = [net(mx.nd.array(part, ctx=ctx)) for part, ctx in zip(split(x, contexts), contexts, strict=True)]
+        parts = [model.net(mx.nd.array(part, ctx=ctx))
+                 for part, ctx in zip(split(x, model.contexts), model.contexts, strict=True)]
         probs = np.exp(np.concatenate([p.asnumpy() for p in parts]).astype(np.float64))
         out.append(gather(probs / probs.sum(axis=1, keepdims=True), idx, columns))
     return np.concatenate(out)
 
 
-def accuracy(net, images, labels, contexts, batch_size=500):
-    return float((predict_proba(net, images, contexts, batch_size).argmax(axis=1) == labels).mean())
+def accuracy(model, images, labels, batch_size=500):
+    return float((predict_proba(model, images, batch_size).argmax(axis=1) == labels).mean())
 
 
 def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
-          select_epoch="last", val=None, test=None, pad=4, shuffle=True, progress=True, desc="train", contexts=None,
-          imagenet=False, milestones=DROPS):
+          select_epoch="last", val=None, test=None, pad=4, shuffle=True, precision="fp32", compile=False,
+          progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS):
     """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image
     that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
 
-    select_epoch: 'last' keeps the final weights; 'val' the epoch with the best accuracy on
-    `val` = (images, labels); 'test' the best on `test` = (images, labels), the release's
-    behaviour, which peeks at test labels and so reports an optimistic figure. `pad` is the
-    augmentation's padding (0: no augmentation); shuffle=False keeps one batch order for every
-    epoch (the release). Only full batches are trained on.
-    Returns (net, history): history is one dict per epoch with loss, train_acc (against the
-    argmax of the targets, over the rows that have one), val_acc/test_acc when given, updates
-    (optimizer steps so far), img_per_s, seconds.
+    lr None: pipeline.base_lr. select_epoch: see pipeline.Epochs. `pad` is the augmentation's
+    padding (0: no augmentation); shuffle=False keeps one batch order for every epoch (the
+    release). Only full batches are trained on. devices: explicit contexts (tests run the
+    multi-device path on CPU contexts). Returns (model, history), history as pipeline.Epochs keeps it.
     """
-    contexts = contexts or parse_gpus(gpus)  # explicit contexts: tests run the multi-device path on CPUs
     batch_size = min(batch_size, len(images))
-    lr = 0.5 * batch_size / 500 if lr is None else lr
+    lr = base_lr(batch_size, imagenet) if lr is None else lr
     rng = np.random.default_rng(seed)
-    net = build(depth, classes, contexts, seed, imagenet)
-    model = SoftTargetLoss(net)
-    model.hybridize(static_alloc=True, static_shape=True)
+    model = build(depth, classes, gpus, seed, imagenet, precision, compile, devices, images.shape[1])
+    net, contexts = model.net, model.contexts
+    loss_net = SoftTargetLoss(net)
+    loss_net.hybridize(static_alloc=True, static_shape=True)
     steps = len(images) // batch_size
     schedule = mx.lr_scheduler.MultiFactorScheduler(step=update_steps(steps * epochs, milestones), factor=0.1,
                                                     base_lr=lr)
     trainer = nag(net, lr, schedule)
-    monitor = {"val": val, "test": test}
-    if select_epoch != "last" and monitor.get(select_epoch) is None:
-        raise ValueError(f"select_epoch={select_epoch!r} needs {select_epoch} images and labels")
-    history, best, best_params = [], -1.0, None
-    for epoch in range(epochs):
-        start = time.perf_counter()
+    log = Epochs(select_epoch, val, test, desc, epochs, progress)
+    for _ in range(epochs):
         loss_sum = [mx.nd.zeros(1, ctx=c) for c in contexts]
         correct = [mx.nd.zeros(1, ctx=c) for c in contexts]
         counted = [mx.nd.zeros(1, ctx=c) for c in contexts]
-        bar = tqdm(batches(images, batch_size, rng, shuffle=shuffle, pad=pad, drop_last=True), total=steps,
-                   disable=not progress, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, unit="batch")
-        for x, idx in bar:
+        for x, idx in log.bar(batches(images, batch_size, rng, shuffle=shuffle, pad=pad, drop_last=True), steps):
             q = rows(targets, idx)
             xs = [mx.nd.array(p, ctx=c) for p, c in zip(split(x, contexts), contexts, strict=True)]
             qs = [mx.nd.array(p, ctx=c) for p, c in zip(split(q, contexts), contexts, strict=True)]
             with autograd.record():
-                outs = [model(xi, qi) for xi, qi in zip(xs, qs, strict=True)]
+                outs = [loss_net(xi, qi) for xi, qi in zip(xs, qs, strict=True)]
             autograd.backward([loss for loss, _ in outs])
             trainer.step(batch_size)
             for i, ((loss, log_probs), qi) in enumerate(zip(outs, qs, strict=True)):
@@ -207,23 +218,11 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
                 loss_sum[i] += loss.sum()
                 correct[i] += ((log_probs.argmax(axis=1) == qi.argmax(axis=1)) * has_target).sum()
                 counted[i] += has_target.sum()
-        seen = sum(float(c.asscalar()) for c in counted)
-        record = {"epoch": epoch + 1, "loss": sum(float(s.asscalar()) for s in loss_sum) / max(seen, 1.0),
-                  "train_acc": sum(float(c.asscalar()) for c in correct) / max(seen, 1.0)}
-        seconds = time.perf_counter() - start  # after the reads above, which wait for the last step
-        record.update(updates=trainer.optimizer.num_update, img_per_s=steps * batch_size / seconds, seconds=seconds)
-        for name, data in monitor.items():
-            if data is not None:
-                record[f"{name}_acc"] = accuracy(net, data[0], data[1], contexts)
-        history.append(record)
-        if progress:
-            extra = "".join(f" {k} {record[k]:.3f}" for k in ("val_acc", "test_acc") if k in record)
-            tqdm.write(f"{desc} epoch {epoch + 1}/{epochs} loss {record['loss']:.3f} "
-                       f"train_acc {record['train_acc']:.3f}{extra} {record['img_per_s']:.0f} img/s")
-        if select_epoch != "last" and record[f"{select_epoch}_acc"] > best:
-            best = record[f"{select_epoch}_acc"]
-            best_params = {k: v.data(contexts[0]).copy() for k, v in net.collect_params().items()}
-    if best_params is not None:
+        total = [sum(float(v.asscalar()) for v in values) for values in (loss_sum, correct, counted)]  # waits
+        log.end(*total, trainer.optimizer.num_update, trainer.learning_rate, steps * batch_size,
+                lambda x, y: accuracy(model, x, y),
+                lambda: {k: v.data(contexts[0]).copy() for k, v in net.collect_params().items()})
+    if log.best_state is not None:
         for k, v in net.collect_params().items():
-            v.set_data(best_params[k])
-    return net, history
+            v.set_data(log.best_state[k])
+    return model, log.history

@@ -1,7 +1,8 @@
 """The release's pre-activation ResNet in PyTorch, trained exactly as resnet.py trains it in MXNet
-(the same public face: parse_gpus, train, predict_proba, accuracy), plus bf16 and compilation.
+(the same contract: to_devices, build, train, predict_proba, accuracy), plus bf16 and compilation.
 
-Network, loss and training are resnet.py's, in MXNet's conventions where PyTorch's differ:
+Network, loss and training are resnet.py's, the recipe read from pipeline.py, in MXNet's
+conventions where PyTorch's differ:
 - BatchNorm eps 2e-5; MXNet's momentum 0.9 (the share kept of the running value) is PyTorch's
   momentum 0.1 (the share taken from the batch);
 - the input BatchNorm has a fixed scale of 1 and a learnable shift (MXNet's fix_gamma=True);
@@ -30,7 +31,6 @@ run is the single-process one with the batch split across devices.
 
 import copy
 import os
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -39,17 +39,31 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812 (the universal spelling)
 from torch import nn
-from tqdm import tqdm
 
-from pipeline import DROPS, batches, gather, gpu_ids, rows, stages, update_steps
+from pipeline import (
+    BN_EPS,
+    BN_MOMENTUM,
+    DROPS,
+    MOMENTUM,
+    WEIGHT_DECAY,
+    Epochs,
+    base_lr,
+    batches,
+    decayed,
+    gather,
+    init_std,
+    learning_rate,
+    rows,
+    stages,
+    update_steps,
+)
 
-BN = {"eps": 2e-5, "momentum": 0.1}  # MXNet's BatchNorm(eps=2e-5, momentum=0.9)
+BN = {"eps": BN_EPS, "momentum": round(1 - BN_MOMENTUM, 12)}  # PyTorch's momentum is the share of the batch
 
 
-def parse_gpus(gpus):
-    """None or '' -> [cpu]; '0' or '0,1' -> those CUDA devices. Raises ValueError on anything else."""
-    ids = gpu_ids(gpus)
-    return [torch.device("cuda", i) for i in ids] if ids else [torch.device("cpu")]
+def to_devices(gpus):
+    """--gpus ids ([] or None: the CPU) as torch devices."""
+    return [torch.device("cuda", i) for i in gpus] if gpus else [torch.device("cpu")]
 
 
 def native_bf16(device):
@@ -63,7 +77,7 @@ def native_bf16(device):
 
 def resolve_precision(precision, gpus=None):
     """'fp32' or 'bf16' for --precision fp32/bf16/auto on the first of --gpus (auto: bf16 where native)."""
-    device = parse_gpus(gpus)[0]
+    device = to_devices(gpus)[0]
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16" and not native_bf16(device):
@@ -142,19 +156,12 @@ class ResNet(nn.Module):
 
 
 def xavier_(net):
-    """The release's init: weights ~ N(0, 2 / fan_in) (MXNet Xavier, gaussian, 'in', magnitude 2)."""
+    """The release's init (MXNet Xavier, gaussian, on the fan-in): pipeline.init_std; zero bias."""
     for module in net.modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
-            fan_in = module.weight[0].numel()
-            nn.init.normal_(module.weight, 0.0, (2.0 / fan_in) ** 0.5)
+            nn.init.normal_(module.weight, 0.0, init_std(module.weight[0].numel()))
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-
-def decayed(name):
-    """Weight decay on weights only: convolution and dense weights and BatchNorm scales (MXNet's
-    _weight and _gamma), not BatchNorm shifts or the dense bias (resnet.decayed)."""
-    return name.endswith("weight")
 
 
 @dataclass
@@ -173,8 +180,10 @@ class Model:
         return torch.from_numpy(x).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
-def build(depth, classes, device, seed, precision="fp32", compile=False, in_channels=3, imagenet=False):
-    """A fresh ResNet with the release's init, channels-last on `device`, compiled if asked."""
+def build(depth, classes, gpus=None, seed=0, imagenet=False, precision="fp32", compile=False, devices=None,
+          in_channels=3):
+    """A fresh ResNet with the release's init, channels-last on this process's device, compiled if asked."""
+    device = this_device(devices or to_devices(gpus))
     torch.manual_seed(seed)
     net = ResNet(depth, classes, in_channels, imagenet)
     xavier_(net)
@@ -188,7 +197,7 @@ def build(depth, classes, device, seed, precision="fp32", compile=False, in_chan
     return Model(net, forward, device, precision)
 
 
-def predict_proba(model, images, devices=None, batch_size=500, pad=0, rng=None, columns=None):
+def predict_proba(model, images, batch_size=500, pad=0, rng=None, columns=None):
     """Class probabilities (n, K) for uint8 images (or an image stream), in batches; rows sum to 1.
     With pad > 0 each image is augmented once first (the release predicts through its training
     iterator). columns(idx) -> (B, g) keeps only those classes of each row (the grouped form). The
@@ -206,8 +215,8 @@ def predict_proba(model, images, devices=None, batch_size=500, pad=0, rng=None, 
     return np.concatenate(out)
 
 
-def accuracy(model, images, labels, devices=None, batch_size=500):
-    return float((predict_proba(model, images, devices, batch_size).argmax(axis=1) == labels).mean())
+def accuracy(model, images, labels, batch_size=500):
+    return float((predict_proba(model, images, batch_size).argmax(axis=1) == labels).mean())
 
 
 def soft_target_loss(logits, targets):
@@ -216,17 +225,12 @@ def soft_target_loss(logits, targets):
     return -(targets * log_probs).sum(dim=1), log_probs
 
 
-def nag(net, lr, wd=1e-4):
-    """The release's optimizer: NAG, momentum 0.9, weight decay on the `decayed` parameters only."""
+def nag(net, lr):
+    """The release's optimizer: NAG with weight decay on the `decayed` parameters only."""
     named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-    return torch.optim.SGD([{"params": [p for n, p in named if decayed(n)], "weight_decay": wd},
+    return torch.optim.SGD([{"params": [p for n, p in named if decayed(n)], "weight_decay": WEIGHT_DECAY},
                             {"params": [p for n, p in named if not decayed(n)], "weight_decay": 0.0}],
-                           lr=lr, momentum=0.9, nesterov=True)
-
-
-def learning_rate(base, step, milestones):
-    """MXNet's MultiFactorScheduler: x0.1 for every milestone the update count has passed."""
-    return base * 0.1 ** sum(step > m for m in milestones)
+                           lr=lr, momentum=MOMENTUM, nesterov=True)
 
 
 def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
@@ -234,35 +238,29 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
           progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS):
     """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image
     that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
-    The arguments are resnet.train's, plus precision ('fp32' or 'bf16') and compile.
-    Returns (model, history), history as resnet.train's."""
-    device = this_device(devices or parse_gpus(gpus))
+    The arguments are resnet.train's; precision 'bf16' autocasts, compile runs torch.compile.
+    Returns (model, history), history as pipeline.Epochs keeps it."""
     rank, world = distributed()
     batch_size = min(batch_size, len(images))
     if batch_size % world:
         raise ValueError(f"batch size {batch_size} does not split evenly over {world} processes")
-    lr = 0.5 * batch_size / 500 if lr is None else lr
+    lr = base_lr(batch_size, imagenet) if lr is None else lr
     rng = np.random.default_rng(seed)
-    model = build(depth, classes, device, seed, precision, compile, images.shape[1], imagenet)
-    net = model.net
+    model = build(depth, classes, gpus, seed, imagenet, precision, compile, devices, images.shape[1])
+    net, device = model.net, model.device
     trained = net if world == 1 else nn.parallel.DistributedDataParallel(net, device_ids=None if device.type == "cpu"
                                                                          else [device])
     step_fn = model.forward if world == 1 else trained  # DDP runs the eager module (compiled DDP is a later step)
     optimizer = nag(net, lr)
     steps = len(images) // batch_size
     drops = update_steps(steps * epochs, milestones)
-    monitor = {"val": val, "test": test}
-    if select_epoch != "last" and monitor.get(select_epoch) is None:
-        raise ValueError(f"select_epoch={select_epoch!r} needs {select_epoch} images and labels")
+    log = Epochs(select_epoch, val, test, desc, epochs, progress and not rank)
     local = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
-    history, best, best_state, update = [], -1.0, None, 0
-    for epoch in range(epochs):
+    update = 0
+    for _ in range(epochs):
         net.train()
-        start = time.perf_counter()
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, rows with a target
-        bar = tqdm(batches(images, batch_size, rng, shuffle=shuffle, pad=pad, drop_last=True), total=steps,
-                   disable=not progress or rank, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, unit="batch")
-        for x, idx in bar:
+        for x, idx in log.bar(batches(images, batch_size, rng, shuffle=shuffle, pad=pad, drop_last=True), steps):
             update += 1
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(lr, update, drops)
@@ -279,26 +277,15 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
                                        has_target.sum()]).double()
         if world > 1:
             dist.all_reduce(totals)
-        seconds = time.perf_counter() - start
         loss_sum, correct, seen = totals.tolist()  # the epoch's one sync
-        record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1.0), "train_acc": correct / max(seen, 1.0),
-                  "updates": update, "img_per_s": steps * batch_size / seconds, "seconds": seconds}
         if world > 1:  # one set of BatchNorm statistics for evaluation: rank 0's
             for buffer in net.buffers():
                 dist.broadcast(buffer, 0)
-        for name, data in monitor.items():
-            if data is not None:
-                record[f"{name}_acc"] = accuracy(model, data[0], data[1])
-        history.append(record)
-        if progress and not rank:
-            extra = "".join(f" {k} {record[k]:.3f}" for k in ("val_acc", "test_acc") if k in record)
-            tqdm.write(f"{desc} epoch {epoch + 1}/{epochs} loss {record['loss']:.3f} "
-                       f"train_acc {record['train_acc']:.3f}{extra} {record['img_per_s']:.0f} img/s")
-        if select_epoch != "last" and record[f"{select_epoch}_acc"] > best:
-            best, best_state = record[f"{select_epoch}_acc"], copy.deepcopy(net.state_dict())
-    if best_state is not None:
-        net.load_state_dict(best_state)
+        log.end(loss_sum, correct, seen, update, learning_rate(lr, update, drops), steps * batch_size,
+                lambda x, y: accuracy(model, x, y), lambda: copy.deepcopy(net.state_dict()))
+    if log.best_state is not None:
+        net.load_state_dict(log.best_state)
     if world > 1:
         for buffer in net.buffers():
             dist.broadcast(buffer, 0)
-    return model, history
+    return model, log.history

@@ -36,15 +36,14 @@ def ours(args):
     import resnet  # first: it sets OMP_NUM_THREADS before mxnet loads (as MBEM.py's order does)
 
     # isort: split
-    import mxnet as mx
     import numpy as np
 
     images, targets = synthetic(args.images, np.random.default_rng(0), args.size)
-    net, history = resnet.train(images, targets, 10, depth=args.depth, epochs=args.epochs,
-                                batch_size=args.batch, progress=False, imagenet=args.imagenet)
-    resnet.predict_proba(net, images[:args.batch], [mx.cpu()], batch_size=args.batch)  # warm-up: graph for eval
+    model, history = resnet.train(images, targets, 10, depth=args.depth, epochs=args.epochs,
+                                  batch_size=args.batch, progress=False, imagenet=args.imagenet)
+    resnet.predict_proba(model, images[:args.batch], batch_size=args.batch)  # warm-up: graph for eval
     start = time.perf_counter()
-    resnet.predict_proba(net, images, [mx.cpu()], batch_size=args.batch)
+    resnet.predict_proba(model, images, batch_size=args.batch)
     return history[-1]["img_per_s"], len(images) / (time.perf_counter() - start)
 
 
@@ -74,10 +73,10 @@ def plain(args):
     rng = np.random.default_rng(0)
     images, targets = synthetic(args.images, rng)
     net = resnet.ResNet(args.depth, 10)
-    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=pipeline.INIT_MAGNITUDE))
     net.hybridize()
-    trainer = gluon.Trainer(net.collect_params(), "nag",
-                            {"learning_rate": 0.5 * args.batch / 500, "momentum": 0.9, "wd": 1e-4})
+    trainer = gluon.Trainer(net.collect_params(), "nag", {"learning_rate": pipeline.base_lr(args.batch),
+                                                          "momentum": pipeline.MOMENTUM, "wd": pipeline.WEIGHT_DECAY})
     steps = len(images) // args.batch
     for _ in range(args.epochs):
         order = rng.permutation(len(images))
@@ -159,7 +158,7 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     ref = 128 if 128 in batches else batches[0]
     print_pipeline_speed(ref)
-    native = resnet_torch.native_bf16(resnet_torch.parse_gpus(None)[0])
+    native = resnet_torch.native_bf16(resnet_torch.to_devices([])[0])
     preset = resnet_torch.resolve_precision("auto")  # what `--preset cpu` trains in on this machine
     print(f"ResNet-{args.depth}{' (ImageNet form)' if args.imagenet else ''} at {args.size} x {args.size}, "
           f"{resnet_torch.cpu_capability()} CPU ({os.cpu_count()} cores), {args.images} "

@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 
 import pytest
@@ -17,3 +18,9 @@ def shared_path(*parts):
     if not os.path.exists(path):
         pytest.skip(f"{path} not present (../shared is only beside developer and CI checkouts)")
     return path
+
+
+def run_script(script, *args, env=None):
+    """`python <script> <args>` from the repository root, as a user types it; output captured as text."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, env=env)

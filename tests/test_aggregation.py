@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aggregation as agg
+import label_files
 import noise_sim
 from conftest import shared_path
 
@@ -164,7 +165,7 @@ def test_worker_accuracy():
 
 
 def real_accuracy(name):
-    ann, item_names, _, classes = agg.read_answers(shared_path("crowd", name, "answers.csv"))
+    ann, item_names, _, classes = label_files.read_answers(shared_path("crowd", name, "answers.csv"))
     with open(shared_path("crowd", name, "truth.csv")) as f:
         truth = {row["item"]: row["label"] for row in csv.DictReader(f)}
     predicted = agg.dawid_skene(ann).posterior.argmax(axis=1)
@@ -193,9 +194,9 @@ def test_incidence_counts_every_label():
 def test_atomic_write_gives_the_mode_open_would(tmp_path):
     """Outputs are shared (results folders, posterior CSVs): not mkstemp's owner-only 0600."""
     path = tmp_path / "out.csv"
-    agg.atomic_write(str(path), b"a,b\n")
+    label_files.atomic_write(str(path), b"a,b\n")
     assert path.read_bytes() == b"a,b\n"
-    assert path.stat().st_mode & 0o777 == 0o666 & ~agg.UMASK
+    assert path.stat().st_mode & 0o777 == 0o666 & ~label_files.UMASK
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
 
 

@@ -2,15 +2,12 @@
 workers, ResNet-18 at a reduced resolution, streamed decoding, top-1 and top-5, every file."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import imagenet
-from conftest import ROOT
+from conftest import run_script
 
 CLASSES, GROUP = 20, 10
 
@@ -67,12 +64,10 @@ def test_crop_box_stays_inside_and_falls_back_to_the_centre():
                                                              ("torch", "wmv,mbem", "1,3")])
 def test_imagenet_pipeline_end_to_end(tree, tmp_path, backend, algorithms, redundancy):
     out = tmp_path / backend
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "MBEM.py"), "--preset", "imagenet", "--source", tree,
-                             "--backend", backend, "--no-compile", "--precision", "fp32", "--workers", "30",
-                             "--budget", "160", "--redundancy", redundancy, "--algorithms", algorithms,
-                             "--image-size", "32", "--epochs", "2", "--batch-size", "16", "--val-size", "40",
-                             "--loader-workers", "0",
-                             "--out", out], capture_output=True, text=True, cwd=ROOT)
+    result = run_script("MBEM.py", "--preset", "imagenet", "--source", tree, "--backend", backend, "--no-compile",
+                        "--precision", "fp32", "--workers", "30", "--budget", "160", "--redundancy", redundancy,
+                        "--algorithms", algorithms, "--image-size", "32", "--epochs", "2", "--batch-size", "16",
+                        "--val-size", "40", "--loader-workers", "0", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["group_size"] == GROUP and results["config"]["depth"] == 18

@@ -13,13 +13,17 @@ import numpy as np
 import pytest
 
 import MBEM
-from conftest import ROOT
+import noise_sim
+import settings
+import store
+from cli import RunError
+from conftest import ROOT, run_script
 
 SCRIPT = os.path.join(ROOT, "MBEM.py")
 
 
 def run(*args):
-    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    return run_script("MBEM.py", *args)
 
 
 def smoke_args(out):
@@ -41,8 +45,8 @@ def test_smoke_writes_every_cell_and_the_three_files(smoke_run):
     assert {"results.json", "results.csv", "error_vs_redundancy.png"} <= set(os.listdir(out))
     results = json.loads((out / "results.json").read_text())
     config = results["config"]
-    plan = MBEM.Config(**config).resolved_plan()
-    expected = {(s, r, n, a) for s in config["seeds"] for r, n in plan for a in MBEM.ALGORITHMS}
+    plan = settings.plan(settings.Config(**config))
+    expected = {(s, r, n, a) for s in config["seeds"] for r, n in plan for a in MBEM.METHODS}
     assert {(c["seed"], c["redundancy"], c["n"], c["algorithm"]) for c in results["cells"]} == expected
     for cell in results["cells"]:
         assert 0 <= cell["test_error"] <= 1 and 0 <= cell["label_accuracy"] <= 1
@@ -138,13 +142,15 @@ def test_no_engine_banner():
 
 
 def test_presets_and_plan_parsing():
-    _, _, config = MBEM.parse_args([])
-    assert config.resolved_plan() == [list(p) for p in MBEM.noise_sim.RELEASE_PLAN]
+    config, _, _ = settings.parse([])
+    assert settings.plan(config) == [list(p) for p in noise_sim.RELEASE_PLAN]
     assert config.two_stage and not config.class_prior and config.rounds == 1 and config.epochs == 60
-    _, _, config = MBEM.parse_args(["--preset", "cpu", "--redundancy", "1,2", "--budget", "100", "--no-two-stage"])
-    assert config.resolved_plan() == [[1, 100], [2, 50]] and not config.two_stage
-    _, _, config = MBEM.parse_args(["--plan", "2:10,1:20"])
-    assert config.resolved_plan() == [[2, 10], [1, 20]]
+    config, _, _ = settings.parse(["--preset", "cpu", "--redundancy", "1,2", "--budget", "100", "--no-two-stage"])
+    assert settings.plan(config) == [[1, 100], [2, 50]] and not config.two_stage
+    config, _, _ = settings.parse(["--preset", "cpu", "--plan", "2:10,1:20"])
+    assert settings.plan(config) == [[2, 10], [1, 20]]
+    config, _, _ = settings.parse(["--algorithms", "mv,DS"])
+    assert config.algorithms == ["mv", "em"]  # one name for label-only EM, Dawid-Skene's accepted
 
 
 def test_selected_val_error_reads_the_final_stage():
@@ -241,14 +247,14 @@ def test_release_loop_settings_run_and_are_recorded(tmp_path):
 
 
 def test_presets_choose_the_release_loop_only_for_paper():
-    _, _, paper = MBEM.parse_args([])
+    paper, _, _ = settings.parse([])
     assert (paper.epoch_images, paper.shuffle, paper.predict_augmented) == ("all", False, True)
     for preset in ("cpu", "cpu-mxnet", "smoke", "demo"):
-        _, _, config = MBEM.parse_args(["--preset", preset])
+        config, _, _ = settings.parse(["--preset", preset])
         assert (config.epoch_images, config.shuffle, config.predict_augmented) == ("labelled", True, False)
-    _, _, cpu = MBEM.parse_args(["--preset", "cpu"])
+    cpu, _, _ = settings.parse(["--preset", "cpu"])
     assert (cpu.backend, cpu.precision, cpu.depth, cpu.budget, cpu.epochs) == ("torch", "auto", 20, 50000, 10)
-    assert cpu.resolved_plan() == [[1, 50000], [3, 16666], [5, 10000]]
+    assert settings.plan(cpu) == [[1, 50000], [3, 16666], [5, 10000]]
 
 
 def test_torch_backend_without_torch_says_how_to_install(tmp_path):
@@ -256,8 +262,7 @@ def test_torch_backend_without_torch_says_how_to_install(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('No module named torch (simulated)')\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
-    result = subprocess.run([sys.executable, SCRIPT, "--preset", "smoke", "--backend", "torch", "--out",
-                             tmp_path / "x"], capture_output=True, text=True, cwd=ROOT, env=env)
+    result = run_script("MBEM.py", "--preset", "smoke", "--backend", "torch", "--out", tmp_path / "x", env=env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "needs PyTorch" in result.stderr and "pip install torch" in result.stderr
 
@@ -295,10 +300,10 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_finished_cells(tmp_path, 
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         real_write_json(path, obj)
 
-    real_write_json = MBEM.write_json
-    monkeypatch.setattr(MBEM, "write_json", fill_up)
+    real_write_json = store.write_json
+    monkeypatch.setattr(store, "write_json", fill_up)
     out = tmp_path / "full"
-    with pytest.raises(MBEM.RunError, match="No space left on device.*cells finished before this one are saved"):
+    with pytest.raises(RunError, match="No space left on device.*cells finished before this one are saved"):
         MBEM.main(["--preset", "smoke", "--algorithms", "mv", "--epochs", "1", "--out", str(out)])
     assert len(json.loads((out / "results.json").read_text())["cells"]) == 1
     assert os.listdir(out) == ["results.json"]  # no temporary file left
@@ -331,8 +336,7 @@ def test_targets_within_float32_rounding_reuse_the_trained_model(monkeypatch):
     """Label-only EM at r = 1 on many items ends within 1e-10 of majority vote's one-hot rows: the
     same float32 targets, so the cell reuses MV's model instead of a second full training. A real
     difference, another seed or other items train anew."""
-    from dataclasses import replace
-    config = replace(MBEM.PRESETS["smoke"], epochs=1, two_stage=False, select_epoch="last")
+    config = settings.preset("smoke", epochs=1, two_stage=False, select_epoch="last")
     experiment = MBEM.Experiment(config, MBEM.load(config))
     calls = []
     train = experiment.trainer.train

@@ -24,7 +24,7 @@ def test_soft_loss_is_cross_entropy_on_one_hot_and_numpy_on_soft():
 
 @pytest.mark.parametrize("depth", [8, 14, 20])
 def test_network_shapes_and_depth(depth):
-    net = resnet.build(depth, 7, [mx.cpu()], seed=0)
+    net = resnet.build(depth, 7, seed=0).net
     out = net(mx.nd.zeros((2, 3, 32, 32)))
     assert out.shape == (2, 7)
     convs = [p for name, p in net.collect_params().items() if "conv" in name and p.shape[-1] == 3]
@@ -34,9 +34,9 @@ def test_network_shapes_and_depth(depth):
 
 
 def test_probabilities_sum_to_one():
-    net = resnet.build(8, 10, [mx.cpu()], seed=0)
+    model = resnet.build(8, 10, seed=0)
     images = np.random.default_rng(0).integers(0, 256, (37, 3, 16, 16), dtype=np.uint8)
-    probs = resnet.predict_proba(net, images, [mx.cpu()], batch_size=16)
+    probs = resnet.predict_proba(model, images, batch_size=16)
     assert probs.shape == (37, 10) and np.allclose(probs.sum(axis=1), 1.0)
 
 
@@ -44,19 +44,16 @@ def test_small_net_overfits_64_images():
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (64, 3, 16, 16), dtype=np.uint8)
     labels = rng.integers(0, 4, 64)
-    net, history = resnet.train(images, np.eye(4)[labels], 4, depth=8, epochs=40, batch_size=32, lr=0.05,
-                                pad=0, progress=False)
+    model, history = resnet.train(images, np.eye(4)[labels], 4, depth=8, epochs=40, batch_size=32, lr=0.05,
+                                  pad=0, progress=False)
     assert history[-1]["loss"] < history[0]["loss"] / 3
-    assert resnet.accuracy(net, images, labels, [mx.cpu()]) > 0.95
+    assert resnet.accuracy(model, images, labels) > 0.95
 
 
-def test_parse_gpus():
-    assert resnet.parse_gpus(None) == [mx.cpu()] and resnet.parse_gpus("") == [mx.cpu()]
-    assert resnet.parse_gpus("0") == [mx.gpu(0)]
-    assert resnet.parse_gpus("0,1") == [mx.gpu(0), mx.gpu(1)]
-    for bad in ("a", "0,0", "-1", "0;1"):
-        with pytest.raises(ValueError):
-            resnet.parse_gpus(bad)
+def test_devices():
+    assert resnet.to_devices(None) == [mx.cpu()] and resnet.to_devices([]) == [mx.cpu()]
+    assert resnet.to_devices([0]) == [mx.gpu(0)]
+    assert resnet.to_devices([0, 1]) == [mx.gpu(0), mx.gpu(1)]
 
 
 def test_data_parallel_split_path_on_cpu_contexts():
@@ -67,7 +64,7 @@ def test_data_parallel_split_path_on_cpu_contexts():
     parts = resnet.split(images.astype(np.float32), [mx.cpu(0), mx.cpu(1)])
     assert [len(p) for p in parts] == [20, 20]
     net, history = resnet.train(images, np.eye(3)[rng.integers(0, 3, 40)], 3, depth=8, epochs=2, batch_size=20,
-                                pad=0, progress=False, contexts=[mx.cpu(0), mx.cpu(1)])
+                                pad=0, progress=False, devices=[mx.cpu(0), mx.cpu(1)])
     assert len(history) == 2 and np.isfinite(history[-1]["loss"])
 
 

@@ -15,6 +15,7 @@ import torch
 from mxnet import autograd
 
 import dataset
+import pipeline
 import resnet
 import resnet_torch
 from conftest import shared_path
@@ -32,7 +33,7 @@ def twin_nets(depth, classes, x, dtype="float32"):
     mxnet_net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
     mxnet_net.cast(dtype)
     mxnet_net(mx.nd.array(x, dtype=dtype))  # deferred init
-    model = resnet_torch.build(depth, classes, CPU, seed=0)
+    model = resnet_torch.build(depth, classes, seed=0)
     model.net.to(getattr(torch, dtype))
     for (_, m), (_, t) in zip(mxnet_net.collect_params().items(), torch_state(model.net), strict=True):
         t.copy_(torch.from_numpy(m.data().asnumpy()))
@@ -41,7 +42,7 @@ def twin_nets(depth, classes, x, dtype="float32"):
 
 @pytest.mark.parametrize("depth", [8, 20])
 def test_same_parameter_shapes_and_count(depth):
-    mxnet_net = resnet.build(depth, 10, [mx.cpu()], seed=0)
+    mxnet_net = resnet.build(depth, 10, seed=0).net
     mxnet_net(mx.nd.zeros((1, 3, 32, 32)))
     mx_shapes = [tuple(p.shape) for p in mxnet_net.collect_params().values()]
     torch_shapes = [tuple(v.shape) for _, v in torch_state(resnet_torch.ResNet(depth, 10))]
@@ -130,7 +131,7 @@ def watched(backend, net):
     if backend == "torch":
         state = net.net.state_dict()
         return {k: state[k].numpy().copy() for k in ("output.weight", "output.bias", "bn_data.running_mean")}
-    params = list(net.collect_params().values())  # Gluon numbers its names globally: go by position
+    params = list(getattr(net, "net", net).collect_params().values())  # Gluon numbers names globally: by position
     return {"output.weight": params[-2].data().asnumpy(), "output.bias": params[-1].data().asnumpy(),
             "bn_data.running_mean": params[2].data().asnumpy()}
 
@@ -138,8 +139,8 @@ def watched(backend, net):
 def initial(backend, images):
     """The weights train() starts from with seed 3 (the same build, before any step)."""
     if backend == "torch":
-        return watched(backend, resnet_torch.build(8, 2, CPU, seed=3))
-    net = resnet.build(8, 2, [mx.cpu()], seed=3)
+        return watched(backend, resnet_torch.build(8, 2, seed=3))
+    net = resnet.build(8, 2, seed=3).net
     net(mx.nd.array(images[:1].astype(np.float32)))  # MXNet draws the weights at the first forward
     return watched(backend, net)
 
@@ -161,7 +162,7 @@ def test_images_without_targets_give_decay_momentum_and_statistics(backend):
     updates1, w1 = release_loop_run(backend, images[:4], targets[:4])  # one step on the labelled batch
     updates2, w2 = release_loop_run(backend, images, targets)  # that step, then one on zero targets
     assert updates1 == 1 and updates2 == 2
-    lr1, lr2 = 0.2, resnet_torch.learning_rate(0.2, 2, (1, 2))
+    lr1, lr2 = 0.2, pipeline.learning_rate(0.2, 2, (1, 2))
     assert lr2 == pytest.approx(0.02)
     m, wd = 0.9, 1e-4
     momentum_lr = lr2 if backend == "torch" else lr1
@@ -185,7 +186,7 @@ def calibrated(model):
 def test_predictions_on_augmented_images_differ_but_stay_probabilities():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 3, 16, 16), dtype=np.uint8)
-    model = calibrated(resnet_torch.build(8, 5, CPU, seed=0))
+    model = calibrated(resnet_torch.build(8, 5, seed=0))
     plain = resnet_torch.predict_proba(model, images, batch_size=32)
     augmented = resnet_torch.predict_proba(model, images, batch_size=32, pad=4, rng=np.random.default_rng(1))
     assert np.allclose(augmented.sum(axis=1), 1.0) and not np.allclose(plain, augmented)
@@ -196,7 +197,7 @@ def test_bf16_forward_tracks_fp32():
     """bf16 autocast runs the same network (emulated on CPUs without native bf16, so kept tiny)."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 3, 16, 16), dtype=np.uint8)
-    model = calibrated(resnet_torch.build(8, 5, CPU, seed=0))
+    model = calibrated(resnet_torch.build(8, 5, seed=0))
     fp32 = resnet_torch.predict_proba(model, images, batch_size=20)
     model.precision = "bf16"
     bf16 = resnet_torch.predict_proba(model, images, batch_size=20)
@@ -214,14 +215,11 @@ def test_precision_resolution():
             resnet_torch.resolve_precision("bf16")
 
 
-def test_parse_gpus_and_devices():
-    assert resnet_torch.parse_gpus(None) == [CPU]
-    assert resnet_torch.parse_gpus("0,1") == [torch.device("cuda", 0), torch.device("cuda", 1)]
+def test_devices():
+    assert resnet_torch.to_devices(None) == [CPU] and resnet_torch.to_devices([]) == [CPU]
+    assert resnet_torch.to_devices([0, 1]) == [torch.device("cuda", 0), torch.device("cuda", 1)]
     with pytest.raises(ValueError, match="torchrun --nproc_per_node 2"):
-        resnet_torch.this_device(resnet_torch.parse_gpus("0,1"))
-    for bad in ("a", "0,0", "-1"):
-        with pytest.raises(ValueError):
-            resnet_torch.parse_gpus(bad)
+        resnet_torch.this_device(resnet_torch.to_devices([0, 1]))
 
 
 def test_compiled_network_trains_and_predicts():
@@ -251,8 +249,7 @@ def test_torch_fp32_and_mxnet_learn_real_cifar_alike():
     errors = {}
     for name, module in (("torch", resnet_torch), ("mxnet", resnet)):
         net, _ = module.train(images, targets, 10, depth=8, epochs=4, batch_size=100, progress=False)
-        devices = module.parse_gpus(None)
-        errors[name] = 1 - module.accuracy(net, test_images, test_labels, devices)
+        errors[name] = 1 - module.accuracy(net, test_images, test_labels)
     assert errors["torch"] < 0.7 and errors["mxnet"] < 0.7  # chance: 0.9
     assert abs(errors["torch"] - errors["mxnet"]) <= 0.03, errors
 
@@ -266,6 +263,6 @@ def test_bf16_and_fp32_learn_real_cifar_alike():
     for precision in ("fp32", "bf16"):
         model, _ = resnet_torch.train(images, targets, 10, depth=8, epochs=4, batch_size=100, precision=precision,
                                       progress=False)
-        errors[precision] = 1 - resnet_torch.accuracy(model, test_images, test_labels, [CPU])
+        errors[precision] = 1 - resnet_torch.accuracy(model, test_images, test_labels)
     assert errors["bf16"] < 0.7  # chance: 0.9
     assert abs(errors["bf16"] - errors["fp32"]) <= 0.03, errors

@@ -4,8 +4,6 @@ traceback and never a partial output file."""
 import csv
 import io
 import os
-import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -13,9 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import aggregation
 import dataset
-from conftest import ROOT
+import label_files
+from cli import InputError
+from conftest import run_script
 
 FIELD = st.one_of(
     st.text(max_size=12),  # anything, quotes, commas and newlines included
@@ -32,8 +31,8 @@ def read(data):
     with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as f:
         f.write(data)
     try:
-        return aggregation.read_answers(f.name)
-    except aggregation.InputError as err:
+        return label_files.read_answers(f.name)
+    except InputError as err:
         assert str(err).strip()
         return str(err)
     finally:
@@ -87,8 +86,7 @@ def test_tens_of_thousands_of_rows():
 def test_cli_on_hostile_files_writes_nothing_partial(tmp_path, data):
     answers, out = tmp_path / "answers.csv", tmp_path / "out.csv"
     answers.write_bytes(data)
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "aggregation.py"), answers, "--out", out],
-                            capture_output=True, text=True)
+    result = run_script("aggregation.py", answers, "--out", out)
     assert "Traceback" not in result.stderr
     assert result.returncode in (0, 2)
     if result.returncode == 2:
@@ -162,9 +160,8 @@ def test_corrupt_cache_is_rebuilt_not_trusted(tmp_path):
 def test_mbem_on_a_damaged_tree_is_one_line(tmp_path):
     root = tree(tmp_path / "images")
     truncated(root)
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "MBEM.py"), "--preset", "smoke", "--dataset", "folder",
-                             "--source", root, "--data-dir", tmp_path / "cache", "--out", tmp_path / "out"],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = run_script("MBEM.py", "--preset", "smoke", "--dataset", "folder", "--source", root, "--data-dir",
+                        tmp_path / "cache", "--out", tmp_path / "out")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # beside progress bars
     assert len(errors) == 1 and "train/a/0.png: not a readable image" in errors[0]

@@ -2,21 +2,18 @@
 
 import csv
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import aggregation
+import label_files
 import noise_sim
-from conftest import ROOT
-
-SCRIPT = os.path.join(ROOT, "aggregation.py")
+from conftest import run_script
 
 
 def run(*args):
-    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True)
+    return run_script("aggregation.py", *args)
 
 
 def write(path, text):
@@ -72,7 +69,7 @@ def test_cli_matches_library(answers, tmp_path):
     path, _ = answers
     out = tmp_path / "post.csv"
     assert run(path, "--out", out).returncode == 0
-    ann, *_ = aggregation.read_answers(str(path))
+    ann, *_ = label_files.read_answers(str(path))
     expected = aggregation.dawid_skene(ann).posterior
     with open(out, newline="") as f:
         got = np.array([row[2:] for row in list(csv.reader(f))[1:]], dtype=float)
@@ -117,13 +114,13 @@ def test_unreadable_path(tmp_path):
 
 def test_whitespace_around_names_is_ignored(tmp_path):
     path = write(tmp_path / "a.csv", "item,worker,label\n1, a,x\n1,b ,y\n2,a, x\n2,b,y\n")
-    ann, items, workers, classes = aggregation.read_answers(str(path))
+    ann, items, workers, classes = label_files.read_answers(str(path))
     assert workers == ["a", "b"] and classes == ["x", "y"] and ann.K == 2
 
 
 def test_numeric_classes_sort_numerically(tmp_path):
     path = write(tmp_path / "a.csv", "item,worker,label\n1,a,10\n1,b,9\n2,a,2\n")
-    _, _, _, classes = aggregation.read_answers(str(path))
+    _, _, _, classes = label_files.read_answers(str(path))
     assert classes == ["2", "9", "10"]
 
 

@@ -6,6 +6,7 @@ import pytest
 
 import aggregation as agg
 import noise_sim
+from cli import InputError
 
 K, G, M = 12, 3, 15
 
@@ -91,7 +92,7 @@ def test_dawid_skene_fixed_point_is_the_dense_block_diagonal_model(labels):
 
 def test_labels_in_two_groups_are_an_error():
     ann = agg.Annotations.from_arrays([0, 0, 1, 1], [0, 1, 0, 1], [1, 2, 4, 8], K=12)  # item 1: groups 1 and 2
-    with pytest.raises(agg.InputError, match=r"1 items have labels in two groups of 3 classes, e.g. item 1 .*\[4, 8\]"):
+    with pytest.raises(InputError, match=r"1 items have labels in two groups of 3 classes, e.g. item 1 .*\[4, 8\]"):
         agg.group_labels(ann, 3)
     with pytest.raises(ValueError, match="do not fall in groups of 5"):
         agg.group_labels(ann, 5)

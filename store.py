@@ -1,0 +1,132 @@
+"""What a run of MBEM.py keeps on disk, written atomically so that a killed run resumes:
+
+    <out>/results.json                       the settings, every finished cell, the provenance
+    <out>/bootstrap/wmv-seed<s>-r<r>-n<n>.npz  the WMV model's predicted classes, MBEM's start
+    <out>/labels/<algorithm>-seed<s>-r<r>-*.csv  with real labels: posteriors and confusions
+"""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+from dataclasses import asdict
+from importlib import metadata
+
+import numpy as np
+
+from cli import RunError
+from label_files import atomic_write, confusions_csv, posterior_csv
+from settings import NOT_RESULTS, Config, comparable
+
+
+def environment():
+    """The git commit, the versions of the packages that compute, and the CPU the run had: read
+    from package metadata, so neither framework is imported just to be named."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except OSError:
+        commit = None
+    versions = {}
+    for name in ("mxnet", "torch", "numpy", "scipy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return commit, versions, {"cpu": cpu_model(), "cores": os.cpu_count()}
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
+def write_json(path, obj):
+    atomic_write(path, json.dumps(obj, indent=1).encode())
+
+
+def save(results, out):
+    """results.json after each cell, atomically; a failed write (a full disk, a folder made read-only)
+    stops the run with one line, and every cell written before is still there."""
+    path = os.path.join(out, "results.json")
+    try:
+        os.makedirs(out, exist_ok=True)  # made at the first finished cell: a run refused earlier leaves nothing
+        write_json(path, results)
+    except OSError as err:
+        raise RunError(f"cannot write {path} ({err.strerror or err}): the cells finished before this one are "
+                       "saved; make room (or choose another --out) and run the same command to resume") from err
+
+
+def load_results(config, check_config=True):
+    """The results so far under config.out; a different config there is an error, not a mix.
+    A setting that a results.json predates counts as its default (the behaviour before it existed)."""
+    path = os.path.join(config.out, "results.json")
+    if not os.path.exists(path):
+        return {"config": asdict(config), "cells": [], "wall_seconds": 0.0}
+    try:
+        with open(path) as f:
+            results = json.load(f)
+        saved = dict(comparable(Config()), **{k: v for k, v in results["config"].items() if k not in NOT_RESULTS})
+        if not isinstance(results["cells"], list) or not all(isinstance(c, dict) for c in results["cells"]):
+            raise TypeError("its cells are not a list of records")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise RunError(f"{path} is not a results file of MBEM.py ({type(err).__name__}: {err}); "
+                       "use another --out, or remove it if it is yours to delete") from err
+    if not check_config:
+        return results
+    current = comparable(config)
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if changed:
+        raise RunError(f"{path} was made with a different config ({', '.join(changed)} differ); "
+                       "use another --out or remove it")
+    results["config"] = asdict(config)
+    return results
+
+
+def digest(array):
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def labels_digest(ann):
+    return hashlib.sha1(b"".join(np.ascontiguousarray(a, np.int64).tobytes()
+                                 for a in (ann.items, ann.workers, ann.labels))).hexdigest()
+
+
+def bootstrap_path(out, seed, r, n):
+    return os.path.join(out, "bootstrap", f"wmv-seed{seed}-r{r}-n{n}.npz")
+
+
+def save_bootstrap(path, predicted, ann):
+    """The WMV model's predicted classes, with a digest of the labels they belong to."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, predicted=predicted.astype(np.int32), labels_digest=labels_digest(ann))
+    atomic_write(path, buffer.getvalue())
+
+
+def load_bootstrap(path, ann):
+    """The predicted classes saved by save_bootstrap for exactly these labels, or None (missing,
+    unreadable, or for other labels: then MBEM retrains the WMV model rather than trust it)."""
+    try:
+        with np.load(path) as f:
+            predicted, saved_digest = f["predicted"], str(f["labels_digest"])
+    except (OSError, ValueError, KeyError):
+        return None
+    if saved_digest != labels_digest(ann) or predicted.shape != (ann.n,) or not (0 <= predicted).all() \
+            or not (predicted < ann.K).all():
+        return None
+    return predicted.astype(np.int64)
+
+
+def write_labels(out, name, item_names, classes, targets, confusions=None, worker_names=None):
+    """With real labels: the posterior of every training item and each worker's confusion matrix,
+    as the aggregation command line writes them."""
+    folder = os.path.join(out, "labels")
+    os.makedirs(folder, exist_ok=True)
+    atomic_write(os.path.join(folder, f"{name}-posterior.csv"), posterior_csv(targets, item_names, classes))
+    if confusions is not None:
+        atomic_write(os.path.join(folder, f"{name}-workers.csv"), confusions_csv(confusions, worker_names, classes))
