@@ -256,7 +256,7 @@ class Experiment:
                                 "top_class_share": float(np.bincount(hard).max() / len(hard))}
                                for hard in (classes(p.argmax(axis=1)) for p in posteriors)]
         else:
-            if algorithm in ("mv", "wmv", "em"):
+            if algorithm in agg.LABEL_ONLY:
                 targets, confusions, _ = agg.aggregate(ann, algorithm, rng)
             elif algorithm == "oracle":  # the true confusions, zeros lifted to 1e-10 as the release smooths
                 confusions = np.maximum(workers, agg.RELEASE_ZERO)
@@ -386,12 +386,17 @@ def join_processes(config):
     return dist.get_rank()
 
 
-if __name__ == "__main__":
+def command(argv=None):
+    """main() as the command line runs it: the exit status, and a RunError or Ctrl-C as one line."""
     try:
-        sys.exit(main())
+        return main(argv)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(command())

@@ -1,4 +1,4 @@
-# make setup | make test | make demo | make bench | make results
+# make setup | make test | make test-fast | make demo | make bench | make results
 PY := python3.11
 # PyTorch for --backend torch: the CPU build by default; a GPU machine overrides it, e.g.
 #   make setup TORCH=torch==2.13.0   (PyPI's Linux wheel of torch is the CUDA build)
@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench results clean
+.PHONY: setup test test-fast demo bench results clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): requirements.txt requirements-dev.txt Makefile
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Between edits: everything but the tests marked slow (training, end-to-end runs); under a minute.
+test-fast: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow"
 
 demo: setup
 	$(BIN)/python MBEM.py --preset demo

@@ -30,6 +30,7 @@ METHODS = {  # name: what a report calls it
     "oracle": "oracle confusions",
     "clean": "clean labels",
 }
+LABEL_ONLY = ("mv", "wmv", "em")  # the methods that need nothing but the labels (`aggregate`)
 ALIASES = {"ds": "em"}  # Dawid-Skene, as crowd-kit names label-only EM
 
 
@@ -293,7 +294,7 @@ def aggregate(ann, method, rng, max_iter=100, tol=1e-7):
         result = dawid_skene(ann, max_iter=max_iter, tol=tol)
         return result.posterior, result.confusions, result.iterations
     else:
-        raise ValueError(f"{method!r} is not a label-only method (mv, wmv, em)")
+        raise ValueError(f"{method!r} is not a label-only method ({', '.join(LABEL_ONLY)})")
     return probs, estimate_confusions(ann, probs), iterations
 
 

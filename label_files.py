@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from aggregation import ALIASES, Annotations, aggregate, canonical
+from aggregation import ALIASES, LABEL_ONLY, Annotations, aggregate, canonical
 from cli import InputError, Parser, number, output_problem
 
 ITEM_COLUMNS, WORKER_COLUMNS, LABEL_COLUMNS = ("item", "task", "question"), ("worker",), ("label", "answer")
@@ -159,7 +159,7 @@ def main(argv=None):
         description="Aggregate crowdsourced labels (CSV with columns item, worker, label; "
         "aliases task/question and answer) into a posterior over each item's true class.")
     parser.add_argument("answers", help="CSV of labels, one row per (item, worker, label)")
-    parser.add_argument("--method", type=canonical, choices=["mv", "wmv", "em"], default="em",
+    parser.add_argument("--method", type=canonical, choices=LABEL_ONLY, default="em",
                         help=f"mv: majority vote; wmv: label frequencies; em: Dawid-Skene EM (default; "
                              f"{', '.join(ALIASES)} is accepted for it)")
     parser.add_argument("--out", help="write item,label,p_<class>... here (default: stdout)")

@@ -23,10 +23,10 @@ from collections import Counter
 import numpy as np
 from scipy import stats
 
+from aggregation import METHODS
 from label_files import atomic_write
 
-NAMES = {"mv": "majority vote", "wmv": "weighted MV", "em": "label-only EM", "mbem": "MBEM",
-         "oracle": "oracle confusions", "clean": "clean labels"}
+NAMES = METHODS  # what a table or figure calls each method
 CSV_COLUMNS = ["redundancy", "n", "algorithm", "seed", "test_error", "test_error_top5", "val_error",
                "label_accuracy", "worker_accuracy_mae", "epochs", "backend", "precision", "wall_seconds",
                "train_img_per_s"]

@@ -81,6 +81,7 @@ def mbem(*args):
     return run_script("MBEM.py", *args)
 
 
+@pytest.mark.slow
 def test_mbem_on_real_labels_end_to_end(labelled_tree, tmp_path):
     root, answers = labelled_tree
     out = tmp_path / "out"

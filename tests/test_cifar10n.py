@@ -63,6 +63,7 @@ def test_worker_effects_find_quality_differences_only_where_they_exist(spread):
         assert abs(effects["split_half_correlation"]) < 0.4
 
 
+@pytest.mark.slow
 def test_cifar10n_command_both_item_spellings(cifar10n_files, tmp_path):
     for items, first in (("index", "0"), ("jpeg", "frog/0000.jpg")):
         out = tmp_path / f"{items}.csv"

@@ -160,6 +160,7 @@ def test_folder_errors(tmp_path):
         dataset.load_folder(str(tmp_path / "empty"), str(tmp_path), progress=False)
 
 
+@pytest.mark.slow
 def test_shared_cifar_jpegs():
     ds = dataset.load_folder(shared_path("cifar10-jpeg.tar.gz"), progress=False)
     assert ds.train_images.shape == (50000, 3, 32, 32) and ds.test_images.shape == (10000, 3, 32, 32)

@@ -60,6 +60,7 @@ def test_crop_box_stays_inside_and_falls_back_to_the_centre():
     assert imagenet.crop_box(10, 1000, np.ones(4 * imagenet.DRAWS)) == (495, 0, 10, 10)  # nothing fits: centre
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, algorithms, redundancy", [("mxnet", "mv,wmv,em,mbem,oracle,clean", "3"),
                                                              ("torch", "wmv,mbem", "1,3")])
 def test_imagenet_pipeline_end_to_end(tree, tmp_path, backend, algorithms, redundancy):

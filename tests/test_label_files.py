@@ -37,7 +37,7 @@ def answers(tmp_path):
     return path, {f"img-{i:04d}": classes[t] for i, t in enumerate(truth)}
 
 
-@pytest.mark.parametrize("method", ["mv", "wmv", "ds"])
+@pytest.mark.parametrize("method", ["mv", "wmv", "em", "ds"])
 def test_round_trip_with_string_names(answers, tmp_path, method):
     path, truth = answers
     out, conf_out = tmp_path / "post.csv", tmp_path / "conf.csv"

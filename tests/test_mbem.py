@@ -40,6 +40,7 @@ def smoke_run(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_smoke_writes_every_cell_and_the_three_files(smoke_run):
     out, _ = smoke_run
     assert {"results.json", "results.csv", "error_vs_redundancy.png"} <= set(os.listdir(out))
@@ -58,6 +59,7 @@ def test_smoke_writes_every_cell_and_the_three_files(smoke_run):
     assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
+@pytest.mark.slow
 def test_smoke_results_make_sense(smoke_run):
     out, _ = smoke_run
     cells = json.loads((out / "results.json").read_text())["cells"]
@@ -78,6 +80,7 @@ def test_smoke_results_make_sense(smoke_run):
         "mean confusion diagonal"}  # simulated workers: their true confusions' diagonal
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_cells(smoke_run):
     out, _ = smoke_run
     before = (out / "results.json").read_text()
@@ -87,6 +90,7 @@ def test_rerun_skips_finished_cells(smoke_run):
     assert json.loads((out / "results.json").read_text())["cells"] == json.loads(before)["cells"]
 
 
+@pytest.mark.slow
 def test_plot_only_redraws(smoke_run):
     out, _ = smoke_run
     os.remove(out / "error_vs_redundancy.png")
@@ -94,6 +98,7 @@ def test_plot_only_redraws(smoke_run):
     assert result.returncode == 0 and (out / "error_vs_redundancy.png").exists()
 
 
+@pytest.mark.slow
 def test_changed_config_on_the_same_out_is_refused(smoke_run):
     out, _ = smoke_run
     result = run(*smoke_args(out), "--gamma", "0.5")
@@ -121,11 +126,16 @@ def test_changed_config_on_the_same_out_is_refused(smoke_run):
     (["--redundancy", "1,,3"], "expected comma-separated ints"),
     (["--data-dir", "/dev/null/x"], "--data-dir: /dev/null is a file, not a folder"),
 ])
-def test_bad_flags_give_one_clear_error(tmp_path, flags, message):
-    result = run("--preset", "smoke", "--out", tmp_path / "x", *flags)
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+def test_bad_flags_give_one_clear_error(tmp_path, flags, message, capsys):
+    """In-process, as `python MBEM.py` runs (MBEM.command); test_an_out_that_is_a_file_is_refused and
+    others run the script itself."""
+    try:
+        status = MBEM.command(["--preset", "smoke", "--out", str(tmp_path / "x"), *map(str, flags)])
+    except SystemExit as stop:  # argparse's way out
+        status = stop.code
+    stderr = capsys.readouterr().err
+    assert status == 2 and message in stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
 
 
 def test_an_out_that_is_a_file_is_refused(tmp_path):
@@ -177,6 +187,7 @@ def torch_smoke(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_torch_backend_end_to_end(torch_smoke):
     """The smoke preset on the torch backend: every cell, the backend and precision recorded."""
     results = json.loads((torch_smoke / "results.json").read_text())
@@ -188,6 +199,7 @@ def test_torch_backend_end_to_end(torch_smoke):
     assert {"paired.csv", "worker_accuracy.png", "error_vs_redundancy.png"} <= set(os.listdir(torch_smoke))
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_result(torch_smoke, tmp_path):
     """SIGKILL after the WMV cell at r = 1, then the same command: the finished cells are kept,
     MBEM bootstraps from the WMV predictions saved beside results.json (no retrained WMV model),
@@ -230,6 +242,7 @@ def test_a_corrupt_or_foreign_results_file_is_named_and_kept(tmp_path):
         assert (out / "results.json").read_text() == text
 
 
+@pytest.mark.slow
 def test_release_loop_settings_run_and_are_recorded(tmp_path):
     """--epoch-images all, --no-shuffle and --predict-augmented on both backends: the run's
     epochs then count every training image, and the settings land in results.json."""
@@ -272,6 +285,7 @@ def test_mxnet_refuses_bf16(tmp_path):
     assert result.returncode == 2 and "is for --backend torch" in result.stderr
 
 
+@pytest.mark.slow
 def test_data_parallel_with_torchrun_on_two_cpu_processes(tmp_path):
     """DistributedDataParallel exercised on this CPU: torchrun, 2 processes, gloo. Only rank 0
     writes, and the results have the form of a one-process run."""
@@ -291,6 +305,7 @@ def test_data_parallel_with_torchrun_on_two_cpu_processes(tmp_path):
 CSV_KEYS = ["redundancy", "n", "algorithm", "seed", "test_error", "label_accuracy", "epochs", "backend", "precision"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_with_one_line_and_keeps_the_finished_cells(tmp_path, monkeypatch):
     writes = []
 
@@ -316,6 +331,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypa
     assert stop.value.code == 2 and not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_mbem_alone_keeps_the_wmv_predictions_it_trained(tmp_path):
     """MBEM without WMV trains and saves the bootstrap model itself; with --rounds 2 the cell
     records each round's targets (their accuracy and the largest class's share), the last
@@ -332,6 +348,7 @@ def test_mbem_alone_keeps_the_wmv_predictions_it_trained(tmp_path):
     assert all(0 < r["label_accuracy"] <= 1 and 0.1 <= r["top_class_share"] <= 1 for r in rounds)  # K = 10
 
 
+@pytest.mark.slow
 def test_targets_within_float32_rounding_reuse_the_trained_model(monkeypatch):
     """Label-only EM at r = 1 on many items ends within 1e-10 of majority vote's one-hot rows: the
     same float32 targets, so the cell reuses MV's model instead of a second full training. A real

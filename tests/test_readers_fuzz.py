@@ -45,6 +45,7 @@ def test_random_bytes(data):
     read(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(header=HEADER, rows=st.lists(st.lists(FIELD, min_size=0, max_size=5), max_size=30),
        bom=st.booleans(), crlf=st.booleans(), extra_column=st.booleans())

@@ -40,6 +40,7 @@ def test_probabilities_sum_to_one():
     assert probs.shape == (37, 10) and np.allclose(probs.sum(axis=1), 1.0)
 
 
+@pytest.mark.slow
 def test_small_net_overfits_64_images():
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (64, 3, 16, 16), dtype=np.uint8)
@@ -56,6 +57,7 @@ def test_devices():
     assert resnet.to_devices([0, 1]) == [mx.gpu(0), mx.gpu(1)]
 
 
+@pytest.mark.slow
 def test_data_parallel_split_path_on_cpu_contexts():
     """The multi-device code path (split batch, one forward per device, summed gradients) with two
     CPU contexts standing in for two GPUs."""

@@ -222,6 +222,7 @@ def test_devices():
         resnet_torch.this_device(resnet_torch.to_devices([0, 1]))
 
 
+@pytest.mark.slow
 def test_compiled_network_trains_and_predicts():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (96, 3, 8, 8), dtype=np.uint8)
@@ -242,6 +243,7 @@ def cifar_subset():
             ds.test_labels[test])
 
 
+@pytest.mark.slow
 def test_torch_fp32_and_mxnet_learn_real_cifar_alike():
     """ResNet-8 on 4,000 shared CIFAR JPEGs with clean labels, 4 epochs, the same batches and
     augmentation (pipeline.py, one seed): the two frameworks' test errors agree within 0.03."""
@@ -254,6 +256,7 @@ def test_torch_fp32_and_mxnet_learn_real_cifar_alike():
     assert abs(errors["torch"] - errors["mxnet"]) <= 0.03, errors
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not resnet_torch.native_bf16(CPU), reason="bf16 is emulated on this CPU (no AVX512-BF16 or AMX)")
 def test_bf16_and_fp32_learn_real_cifar_alike():
     """The same run as above in torch fp32 and bf16 autocast: test errors within 0.03, so that
