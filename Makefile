@@ -34,7 +34,7 @@ bench: setup
 	$(BIN)/python bench/bench_train.py
 
 # Every committed results/ folder, one training at a time (never two on a small CPU), each command
-# resuming its own folder: hours on a CPU, see README "Reproducing the paper". FLAGS=--no-compile
+# resuming its own folder: hours on a CPU, see docs/reproducing.md. FLAGS=--no-compile
 # where torch.compile does not pay (a CPU without native bf16).
 CIFAR ?= ../shared/data/cifar10-jpeg.tar.gz
 CIFAR10N ?= ../shared/data/crowd/cifar10n

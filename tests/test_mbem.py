@@ -204,7 +204,7 @@ def test_a_killed_run_resumes_to_the_same_result(torch_smoke, tmp_path):
     """SIGKILL after the WMV cell at r = 1, then the same command: the finished cells are kept,
     MBEM bootstraps from the WMV predictions saved beside results.json (no retrained WMV model),
     and every number equals the uninterrupted run's (the torch backend is deterministic on the
-    CPU; MXNet's oneDNN is not, see README)."""
+    CPU; MXNet's oneDNN is not, see docs/backends.md)."""
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, SCRIPT, *TORCH_SMOKE, "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
