@@ -10,7 +10,7 @@ conventions where PyTorch's differ:
 - NAG: MXNet's `state = 0.9 state + g + wd w; w -= lr (g + wd w + 0.9 state)` is PyTorch's SGD
   with nesterov=True (its first step sets the buffer to the gradient, as MXNet's zero state does);
 - weight decay 1e-4 on weights only: convolution and dense weights and BatchNorm scales, as the
-  release's MXNet optimizer decays names ending in _weight or _gamma (resnet.decayed);
+  release's MXNet optimizer decays names ending in _weight or _gamma (pipeline.decayed);
 - the learning rate falls x0.1 after 2/3 and 5/6 of the updates, counted in steps as MXNet's
   MultiFactorScheduler counts them.
 Tests check one training step against MXNet from equal weights.
