@@ -4,16 +4,15 @@
     SOURCE/val/<class>/<image>     the validation images (ImageNet: 50,000), split with a fixed
                                    seed into `val_size` for epoch selection and the rest for test
 
-Listing, decoding and resizing use MXNet's own tools (gluon's ImageFolderDataset, mx.image's
-OpenCV decoder and crops), in worker processes of gluon's DataLoader, for either trainer: both
-read `FolderImages` like an in-memory uint8 array (len, shape, indexing, `batches`). The
-augmentation is the standard one (He et al. 2016; torchvision's reference recipe): for training
-a random resized crop (area 8% to 100% of the image, aspect ratio 3/4 to 4/3, 10 tries, else
-the centre) to size x size and a random mirror; for evaluation the shorter side resized to
-size x 256/224 and the centre size x size. The random draws come from the caller's numpy
-Generator, made in the main process and handed to the workers with each image, so a run is
-repeatable whatever the number of workers. Pixels stay 0..255: the network's input BatchNorm
-normalises them, as the release's does.
+Images are decoded and cropped with Pillow in worker processes of PyTorch's DataLoader
+(`torch.utils.data`), for either trainer and without MXNet: both read `FolderImages` like an
+in-memory uint8 array (len, shape, indexing, `batches`). The augmentation is the standard one
+(He et al. 2016; torchvision's reference recipe): for training a random resized crop (area 8% to
+100% of the image, aspect ratio 3/4 to 4/3, 10 tries, else the centre) to size x size, bicubic,
+and a random mirror; for evaluation the shorter side resized to size x 256/224 and the centre
+size x size. The random draws come from the caller's numpy Generator, made in the main process
+and handed to the workers with each image, so a run is repeatable whatever the number of
+workers. Pixels stay 0..255: the network's input BatchNorm normalises them, as the release's does.
 """
 
 import math
@@ -24,11 +23,13 @@ import numpy as np
 from dataset import Dataset
 
 DRAWS = 10  # random-resized-crop attempts, as in the reference recipe
+EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 class Decode:
-    """gluon Dataset: item k -> (uint8 C x H x W image, k). `draws` (n x (4 * DRAWS + 1)) holds the
-    uniform numbers for item k's crop attempts and mirror; None means the evaluation transform."""
+    """A map-style dataset: item k -> (uint8 C x H x W image, k). `draws` (n x (4 * DRAWS + 1))
+    holds the uniform numbers for item k's crop attempts and mirror; None means the evaluation
+    transform."""
 
     def __init__(self, files, size, draws=None):
         self.files, self.size, self.draws = files, size, draws
@@ -37,21 +38,34 @@ class Decode:
         return len(self.files)
 
     def __getitem__(self, k):
-        import mxnet as mx
+        from PIL import Image, UnidentifiedImageError
 
         try:
-            image = mx.image.imread(self.files[k])  # H x W x 3, RGB
-        except Exception as err:  # noqa: BLE001 (OpenCV's errors come as MXNetError or OSError)
+            with Image.open(self.files[k]) as file:
+                image = file.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as err:
             raise ValueError(f"{self.files[k]}: not a readable image ({type(err).__name__})") from None
+        width, height = image.size
+        size = self.size
         if self.draws is None:
-            image = mx.image.resize_short(image, round(self.size * 256 / 224))
-            image = mx.image.center_crop(image, (self.size, self.size))[0]
+            short = round(size * 256 / 224)
+            scale = short / min(width, height)
+            image = image.resize((max(short, round(width * scale)), max(short, round(height * scale))),
+                                 Image.BICUBIC)
+            x0, y0 = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+            image = image.crop((x0, y0, x0 + size, y0 + size))
         else:
-            x0, y0, w, h = crop_box(image.shape[0], image.shape[1], self.draws[k])
-            image = mx.image.fixed_crop(image, x0, y0, w, h, size=(self.size, self.size))
+            x0, y0, w, h = crop_box(height, width, self.draws[k])
+            image = image.crop((x0, y0, x0 + w, y0 + h)).resize((size, size), Image.BICUBIC)
             if self.draws[k, -1] < 0.5:
-                image = mx.nd.flip(image, axis=1)
-        return image.asnumpy().transpose(2, 0, 1), k
+                image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        return np.asarray(image).transpose(2, 0, 1), k
+
+
+def stack(samples):
+    """The DataLoader's collate: (uint8 N x C x H x W, item indices), numpy throughout."""
+    images, positions = zip(*samples, strict=True)
+    return np.stack(images), np.array(positions, dtype=np.int64)
 
 
 def crop_box(height, width, u, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -87,30 +101,37 @@ class FolderImages:
 
     def batches(self, batch_size, rng=None, shuffle=False, train=False, drop_last=False):
         """(float32 images, indices) batches, decoded by `workers` processes; augmented if train."""
-        from mxnet import gluon
+        from torch.utils.data import DataLoader
 
         order = rng.permutation(len(self)) if shuffle else np.arange(len(self))
         draws = rng.random((len(self), 4 * DRAWS + 1)) if train else None
         decode = Decode(self.files[order], self.size, None if draws is None else draws[order])
-        loader = gluon.data.DataLoader(decode, batch_size, last_batch="discard" if drop_last else "keep",
-                                       num_workers=self.workers, thread_pool=False)
+        loader = DataLoader(decode, batch_size, shuffle=False, num_workers=self.workers, collate_fn=stack,
+                            drop_last=drop_last)
         for images, positions in loader:
-            yield images.asnumpy().astype(np.float32), order[positions.asnumpy().astype(np.int64)]
+            yield images.astype(np.float32), order[positions]
+
+
+def list_folder(folder):
+    """(class names, image files, labels) of folder/<class>/<image>, classes and files sorted."""
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        names = sorted(f for f in os.listdir(os.path.join(folder, name)) if f.lower().endswith(EXTENSIONS))
+        files += [os.path.join(folder, name, f) for f in names]
+        labels += [label] * len(names)
+    return classes, files, np.array(labels, dtype=np.int64)
 
 
 def load(source, val_size=10000, size=224, workers=2, seed=12345):
     """The tree under `source` as a Dataset of FolderImages: training images, the validation
     images split into `val_size` for validation and the rest for test (fixed seed)."""
-    from mxnet import gluon
-
     lists = {}
     for split in ("train", "val"):
         folder = os.path.join(source, split)
         if not os.path.isdir(folder):
             raise ValueError(f"{source}: expected {split}/<class>/<image> folders (the ImageNet layout)")
-        listing = gluon.data.vision.ImageFolderDataset(folder)
-        lists[split] = (listing.synsets, [path for path, _ in listing.items],
-                        np.array([label for _, label in listing.items], dtype=np.int64))
+        lists[split] = list_folder(folder)
     classes, train_files, train_labels = lists["train"]
     if lists["val"][0] != classes:
         raise ValueError(f"{source}: train/ and val/ have different class folders")

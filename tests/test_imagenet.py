@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import imagenet
-from conftest import run_script
+from conftest import needs_mxnet, run_script
 
 CLASSES, GROUP = 20, 10
 
@@ -61,8 +61,8 @@ def test_crop_box_stays_inside_and_falls_back_to_the_centre():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend, algorithms, redundancy", [("mxnet", "mv,wmv,em,mbem,oracle,clean", "3"),
-                                                             ("torch", "wmv,mbem", "1,3")])
+@pytest.mark.parametrize("backend, algorithms, redundancy", [
+    pytest.param("mxnet", "mv,wmv,em,mbem,oracle,clean", "3", marks=needs_mxnet), ("torch", "wmv,mbem", "1,3")])
 def test_imagenet_pipeline_end_to_end(tree, tmp_path, backend, algorithms, redundancy):
     out = tmp_path / backend
     result = run_script("MBEM.py", "--preset", "imagenet", "--source", tree, "--backend", backend, "--no-compile",
