@@ -83,16 +83,16 @@ def load(config):
 
 def trainer_module(backend):
     """resnet (MXNet) or resnet_torch (PyTorch), imported when first needed."""
-    if backend == "mxnet":
-        import resnet
-
-        return resnet
     try:
+        if backend == "mxnet":
+            import resnet
+
+            return resnet
         import resnet_torch
+
+        return resnet_torch
     except ImportError as err:
-        raise RunError(f"--backend torch needs PyTorch ({err}): `make setup` installs it, or "
-                       "pip install torch==2.13.0+cpu (a GPU: the CUDA build, see docs/backends.md)") from err
-    return resnet_torch
+        raise RunError(f"{settings.INSTALL['mxnet' if backend == 'mxnet' else 'torch']} ({err})") from err
 
 
 def top_k_error(probs, labels, k):

@@ -87,7 +87,7 @@ def resolve_precision(precision, gpus=None):
 
 
 def cpu_capability():
-    return torch.backends.cpu.get_cpu_capability()
+    return getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()  # PyTorch 2.1 and later
 
 
 def distributed():

@@ -10,6 +10,7 @@ settings must pass before any work starts.
 import argparse
 import os
 from dataclasses import asdict, dataclass, field, make_dataclass
+from importlib.util import find_spec
 
 import noise_sim
 from aggregation import METHODS, canonical
@@ -310,6 +311,17 @@ def check(p, config, preset_name):
     if config.backend == "mxnet" and config.precision == "bf16":
         p.error("--precision bf16 is for --backend torch: MXNet 1.9.1's bf16 (oneDNN 2.4, no AMX) measured "
                 "slower than its fp32 here")
+    needed = {"mxnet": config.backend == "mxnet", "torch": config.backend == "torch" or config.dataset == "imagenet"}
+    for package in (name for name, needs in needed.items() if needs and find_spec(name) is None):
+        p.error(INSTALL[package])
+
+
+INSTALL = {  # what to do when a framework a run needs is not installed
+    "mxnet": "--backend mxnet (the default) needs MXNet 1.9.1, which needs Python 3.11 and numpy < 1.24: `make "
+             "setup` installs it; or pass --backend torch",
+    "torch": "--backend torch (and --dataset imagenet's loader) needs PyTorch: `make setup` or `make setup-torch` "
+             "installs it, or pip install torch==2.13.0+cpu (a GPU: the CUDA build, docs/backends.md)",
+}
 
 
 def comparable(config):

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 
 import pytest
 
@@ -10,6 +11,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 CIFAR_JPEG = os.path.join(SHARED_DATA, "cifar10-jpeg.tar.gz")
+
+# The torch-only environment (make setup-torch) has no MXNet: tests of the MXNet backend skip there.
+HAVE_MXNET = find_spec("mxnet") is not None
+needs_mxnet = pytest.mark.skipif(not HAVE_MXNET, reason="MXNet is not installed (the torch-only environment)")
 
 
 def shared_path(*parts):

@@ -124,9 +124,9 @@ def test_bad_annotations_are_one_line(labelled_tree, tmp_path, rows, flags, mess
     root, _ = labelled_tree
     answers = tmp_path / "bad.csv"
     answers.write_text("item,worker,label\n" + "".join(",".join(r) + "\n" for r in rows))
-    result = mbem("--preset", "smoke", "--dataset", "folder", "--source", root, "--data-dir", tmp_path / "cache",
-                  "--annotations", answers, "--algorithms", "mv,wmv,mbem", "--select-epoch", "last", "--out",
-                  tmp_path / "out", *flags)
+    result = mbem("--preset", "smoke", "--backend", "torch", "--dataset", "folder", "--source", root, "--data-dir",
+                  tmp_path / "cache", "--annotations", answers, "--algorithms", "mv,wmv,mbem", "--select-epoch", "last",
+                  "--out", tmp_path / "out", *flags)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0]

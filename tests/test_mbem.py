@@ -17,7 +17,7 @@ import noise_sim
 import settings
 import store
 from cli import RunError
-from conftest import ROOT, run_script
+from conftest import ROOT, needs_mxnet, run_script
 
 SCRIPT = os.path.join(ROOT, "MBEM.py")
 
@@ -41,6 +41,7 @@ def smoke_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@needs_mxnet
 def test_smoke_writes_every_cell_and_the_three_files(smoke_run):
     out, _ = smoke_run
     assert {"results.json", "results.csv", "error_vs_redundancy.png"} <= set(os.listdir(out))
@@ -60,6 +61,7 @@ def test_smoke_writes_every_cell_and_the_three_files(smoke_run):
 
 
 @pytest.mark.slow
+@needs_mxnet
 def test_smoke_results_make_sense(smoke_run):
     out, _ = smoke_run
     cells = json.loads((out / "results.json").read_text())["cells"]
@@ -81,6 +83,7 @@ def test_smoke_results_make_sense(smoke_run):
 
 
 @pytest.mark.slow
+@needs_mxnet
 def test_rerun_skips_finished_cells(smoke_run):
     out, _ = smoke_run
     before = (out / "results.json").read_text()
@@ -91,6 +94,7 @@ def test_rerun_skips_finished_cells(smoke_run):
 
 
 @pytest.mark.slow
+@needs_mxnet
 def test_plot_only_redraws(smoke_run):
     out, _ = smoke_run
     os.remove(out / "error_vs_redundancy.png")
@@ -99,6 +103,7 @@ def test_plot_only_redraws(smoke_run):
 
 
 @pytest.mark.slow
+@needs_mxnet
 def test_changed_config_on_the_same_out_is_refused(smoke_run):
     out, _ = smoke_run
     result = run(*smoke_args(out), "--gamma", "0.5")
@@ -130,7 +135,8 @@ def test_bad_flags_give_one_clear_error(tmp_path, flags, message, capsys):
     """In-process, as `python MBEM.py` runs (MBEM.command); test_an_out_that_is_a_file_is_refused and
     others run the script itself."""
     try:
-        status = MBEM.command(["--preset", "smoke", "--out", str(tmp_path / "x"), *map(str, flags)])
+        status = MBEM.command(["--preset", "smoke", "--backend", "torch", "--out", str(tmp_path / "x"),
+                               *map(str, flags)])
     except SystemExit as stop:  # argparse's way out
         status = stop.code
     stderr = capsys.readouterr().err
@@ -236,27 +242,27 @@ def test_a_corrupt_or_foreign_results_file_is_named_and_kept(tmp_path):
         out = tmp_path / "x"
         out.mkdir(exist_ok=True)
         (out / "results.json").write_text(text)
-        result = run("--preset", "smoke", "--out", out)
+        result = run("--preset", "smoke", "--backend", "torch", "--out", out)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "is not a results file of MBEM.py" in result.stderr and "use another --out" in result.stderr
         assert (out / "results.json").read_text() == text
 
 
 @pytest.mark.slow
-def test_release_loop_settings_run_and_are_recorded(tmp_path):
+@pytest.mark.parametrize("backend", ["torch", pytest.param("mxnet", marks=needs_mxnet)])
+def test_release_loop_settings_run_and_are_recorded(tmp_path, backend):
     """--epoch-images all, --no-shuffle and --predict-augmented on both backends: the run's
     epochs then count every training image, and the settings land in results.json."""
-    for backend in ("torch", "mxnet"):
-        out = tmp_path / backend
-        result = run("--preset", "smoke", "--backend", backend, "--no-compile", "--algorithms", "wmv,mbem",
-                     "--redundancy", "1", "--budget", "300", "--epochs", "2", "--epoch-images", "all", "--no-shuffle",
-                     "--predict-augmented", "--out", out)
-        assert result.returncode == 0, result.stderr[-3000:]
-        results = json.loads((out / "results.json").read_text())
-        config = results["config"]
-        assert (config["epoch_images"], config["shuffle"], config["predict_augmented"]) == ("all", False, True)
-        assert [c["algorithm"] for c in results["cells"]] == ["wmv", "mbem"]
-        assert os.path.exists(out / "bootstrap" / "wmv-seed0-r1-n300.npz")
+    out = tmp_path / backend
+    result = run("--preset", "smoke", "--backend", backend, "--no-compile", "--algorithms", "wmv,mbem",
+                 "--redundancy", "1", "--budget", "300", "--epochs", "2", "--epoch-images", "all", "--no-shuffle",
+                 "--predict-augmented", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    config = results["config"]
+    assert (config["epoch_images"], config["shuffle"], config["predict_augmented"]) == ("all", False, True)
+    assert [c["algorithm"] for c in results["cells"]] == ["wmv", "mbem"]
+    assert os.path.exists(out / "bootstrap" / "wmv-seed0-r1-n300.npz")
 
 
 def test_presets_choose_the_release_loop_only_for_paper():
@@ -319,7 +325,8 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_finished_cells(tmp_path, 
     monkeypatch.setattr(store, "write_json", fill_up)
     out = tmp_path / "full"
     with pytest.raises(RunError, match="No space left on device.*cells finished before this one are saved"):
-        MBEM.main(["--preset", "smoke", "--algorithms", "mv", "--epochs", "1", "--out", str(out)])
+        MBEM.main(["--preset", "smoke", "--backend", "torch", "--no-compile", "--algorithms", "mv", "--epochs", "1",
+                   "--out", str(out)])
     assert len(json.loads((out / "results.json").read_text())["cells"]) == 1
     assert os.listdir(out) == ["results.json"]  # no temporary file left
 
@@ -337,8 +344,8 @@ def test_mbem_alone_keeps_the_wmv_predictions_it_trained(tmp_path):
     records each round's targets (their accuracy and the largest class's share), the last
     round's being the cell's own."""
     out = tmp_path / "alone"
-    result = run("--preset", "smoke", "--algorithms", "mbem", "--redundancy", "1", "--epochs", "1", "--rounds", "2",
-                 "--class-prior", "--out", out)
+    result = run("--preset", "smoke", "--backend", "torch", "--no-compile", "--algorithms", "mbem", "--redundancy",
+                 "1", "--epochs", "1", "--rounds", "2", "--class-prior", "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "bootstrap" / "wmv-seed0-r1-n600.npz").exists()
     cells = json.loads((out / "results.json").read_text())["cells"]
@@ -353,7 +360,7 @@ def test_targets_within_float32_rounding_reuse_the_trained_model(monkeypatch):
     """Label-only EM at r = 1 on many items ends within 1e-10 of majority vote's one-hot rows: the
     same float32 targets, so the cell reuses MV's model instead of a second full training. A real
     difference, another seed or other items train anew."""
-    config = settings.preset("smoke", epochs=1, two_stage=False, select_epoch="last")
+    config = settings.preset("smoke", backend="torch", compile=False, epochs=1, two_stage=False, select_epoch="last")
     experiment = MBEM.Experiment(config, MBEM.load(config))
     calls = []
     train = experiment.trainer.train
@@ -367,3 +374,13 @@ def test_targets_within_float32_rounding_reuse_the_trained_model(monkeypatch):
     experiment.fit(targets, items, 1, "mv")  # another seed
     experiment.fit(targets[:50], items[:50], 0, "mv")  # other items
     assert len(calls) == 4
+
+
+def test_without_mxnet_the_default_backend_says_what_to_do(tmp_path, monkeypatch, capsys):
+    """The torch-only environment: a run that needs MXNet (the default backend) is one line."""
+    monkeypatch.setattr(settings, "find_spec", lambda name: None if name == "mxnet" else object())
+    with pytest.raises(SystemExit) as stop:
+        MBEM.main(["--preset", "smoke", "--out", str(tmp_path / "x")])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and "needs MXNet 1.9.1" in error and "--backend torch" in error
+    assert not (tmp_path / "x").exists()

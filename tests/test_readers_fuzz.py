@@ -161,8 +161,8 @@ def test_corrupt_cache_is_rebuilt_not_trusted(tmp_path):
 def test_mbem_on_a_damaged_tree_is_one_line(tmp_path):
     root = tree(tmp_path / "images")
     truncated(root)
-    result = run_script("MBEM.py", "--preset", "smoke", "--dataset", "folder", "--source", root, "--data-dir",
-                        tmp_path / "cache", "--out", tmp_path / "out")
+    result = run_script("MBEM.py", "--preset", "smoke", "--backend", "torch", "--dataset", "folder", "--source", root,
+                        "--data-dir", tmp_path / "cache", "--out", tmp_path / "out")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # beside progress bars
     assert len(errors) == 1 and "train/a/0.png: not a readable image" in errors[0]

@@ -2,21 +2,29 @@
 (../shared/PAPER.md), and the release-loop settings pinned from the command line to the trainer:
 a constant changed on both backends at once, or a flag that stops reaching the trainer, fails here."""
 
+import importlib
 import inspect
 
 import numpy as np
 import pytest
 import torch
-from mxnet.gluon import nn as mxnn
 
 import MBEM
-import resnet
 import resnet_torch
 import settings
+from conftest import needs_mxnet
+
+BACKENDS = ["resnet_torch", pytest.param("resnet", marks=needs_mxnet)]  # the trainers' modules
 
 
+def trainer(name):
+    return importlib.import_module(name)
+
+
+@needs_mxnet
 def test_both_trainers_expose_one_contract():
     """MBEM.py calls either trainer the same way: the same functions with the same signatures."""
+    resnet = trainer("resnet")
     for name in ("to_devices", "build", "train", "predict_proba", "accuracy"):
         assert inspect.signature(getattr(resnet, name)) == inspect.signature(getattr(resnet_torch, name)), name
 
@@ -27,12 +35,16 @@ def mxnet_blocks(block):
         yield from mxnet_blocks(child)
 
 
-def test_batchnorm_eps_and_momentum_are_the_releases_on_both_backends():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batchnorm_eps_and_momentum_are_the_releases_on_both_backends(backend):
     """BatchNorm(eps=2e-5, momentum=0.9) in MXNet's convention: PyTorch keeps 1 - 0.9 of the batch."""
-    norms = [m for m in resnet_torch.ResNet(20, 10).modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert len(norms) == 1 + 2 * 9 + 1  # input, two per unit, final
-    assert all(m.eps == 2e-5 and m.momentum == pytest.approx(0.1, abs=1e-12) for m in norms)
-    norms = [b for b in mxnet_blocks(resnet.ResNet(20, 10)) if isinstance(b, mxnn.BatchNorm)]
+    if backend == "resnet_torch":
+        norms = [m for m in resnet_torch.ResNet(20, 10).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert len(norms) == 1 + 2 * 9 + 1  # input, two per unit, final
+        assert all(m.eps == 2e-5 and m.momentum == pytest.approx(0.1, abs=1e-12) for m in norms)
+        return
+    resnet = trainer("resnet")
+    norms = [b for b in mxnet_blocks(resnet.ResNet(20, 10)) if isinstance(b, resnet.nn.BatchNorm)]
     assert len(norms) == 20
     assert all(b._kwargs["eps"] == 2e-5 and b._kwargs["momentum"] == 0.9 for b in norms)
 
@@ -49,13 +61,14 @@ def standardised_weights(layers):
     return np.concatenate(pooled)
 
 
-@pytest.mark.parametrize("backend", ["torch", "mxnet"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_init_is_gaussian_on_the_fan_in_with_magnitude_2(backend):
-    if backend == "torch":
+    if backend == "resnet_torch":
         net = resnet_torch.build(20, 10, seed=0).net
         weights = [p.detach().numpy() for n, p in net.named_parameters() if n.endswith("weight") and p.dim() in (2, 4)]
         assert all((m.bias == 0).all() for m in net.modules() if isinstance(m, torch.nn.Linear))
     else:
+        resnet = trainer("resnet")
         net = resnet.build(20, 10, seed=0).net
         net(resnet.mx.nd.zeros((1, 3, 32, 32)))  # MXNet draws the weights at the first forward
         weights = [p.data().asnumpy() for n, p in net.collect_params().items()
@@ -65,14 +78,14 @@ def test_init_is_gaussian_on_the_fan_in_with_magnitude_2(backend):
     assert abs(z.mean()) < 0.03 and 0.95 < z.var() < 1.05
 
 
-@pytest.mark.parametrize("module", [resnet_torch, resnet], ids=["torch", "mxnet"])
-def test_learning_rate_is_linear_in_the_batch_and_falls_at_two_thirds_and_five_sixths(module):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_learning_rate_is_linear_in_the_batch_and_falls_at_two_thirds_and_five_sixths(backend):
     """8 images, batch 4: 2 updates an epoch, 12 in 6 epochs; the rate starts at 0.5 x 4 / 500 and
     falls x0.1 after update 8 (2/3) and 10 (5/6). Each record holds its last update's rate."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 3, 8, 8), dtype=np.uint8)
-    _, history = module.train(images, np.eye(2)[rng.integers(0, 2, 8)], 2, depth=8, epochs=6, batch_size=4,
-                              pad=0, progress=False)
+    _, history = trainer(backend).train(images, np.eye(2)[rng.integers(0, 2, 8)], 2, depth=8, epochs=6,
+                                        batch_size=4, pad=0, progress=False)
     assert [h["updates"] for h in history] == [2, 4, 6, 8, 10, 12]
     assert [h["lr"] for h in history] == pytest.approx([0.004] * 4 + [0.0004, 0.00004])
 
@@ -94,7 +107,8 @@ class RecordingTrainer:
 
 @pytest.mark.parametrize("flags", [[], ["--epoch-images", "all", "--no-shuffle", "--predict-augmented"]])
 def test_release_loop_flags_reach_the_trainer(flags):
-    config, _, _ = settings.parse(["--preset", "smoke", "--epochs", "1", "--no-two-stage", *flags])
+    config, _, _ = settings.parse(["--preset", "smoke", "--backend", "torch", "--epochs", "1", "--no-two-stage",
+                                   *flags])
     experiment = MBEM.Experiment(config, MBEM.load(config))
     experiment.trainer = recorder = RecordingTrainer()
     items = experiment.pool[:100]
