@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from aggregation import ALIASES, LABEL_ONLY, Annotations, aggregate, canonical
+import api
+from aggregation import ALIASES, LABEL_ONLY, Annotations, aggregate, canonical, mbem_step
 from cli import InputError, Parser, number, output_problem
 
 ITEM_COLUMNS, WORKER_COLUMNS, LABEL_COLUMNS = ("item", "task", "question"), ("worker",), ("label", "answer")
@@ -159,9 +160,17 @@ def main(argv=None):
         description="Aggregate crowdsourced labels (CSV with columns item, worker, label; "
         "aliases task/question and answer) into a posterior over each item's true class.")
     parser.add_argument("answers", help="CSV of labels, one row per (item, worker, label)")
-    parser.add_argument("--method", type=canonical, choices=LABEL_ONLY, default="em",
+    parser.add_argument("--method", type=canonical, choices=(*LABEL_ONLY, "mbem"), default="em",
                         help=f"mv: majority vote; wmv: label frequencies; em: Dawid-Skene EM (default; "
-                             f"{', '.join(ALIASES)} is accepted for it)")
+                             f"{', '.join(ALIASES)} is accepted for it); mbem: MBEM's M- and E-step from your "
+                             "classifier's probabilities (--model-probs)")
+    parser.add_argument("--model-probs", help="--method mbem: CSV item,p_<class>,... of a classifier's predicted "
+                                              "probabilities, a row per labelled item, rows summing to 1")
+    parser.add_argument("--class-prior", action="store_true",
+                        help="--method mbem: the class prior q in the E-step (the paper's Algorithm 1; the release "
+                             "has none)")
+    parser.add_argument("--truth", help="CSV item,label of known true labels: print the accuracy on the items "
+                                        "it covers")
     parser.add_argument("--out", help="write item,label,p_<class>... here (default: stdout)")
     parser.add_argument("--confusions-out", help="write each worker's estimated confusion matrix here (long CSV)")
     parser.add_argument("--seed", type=number(int, 0), default=0, help="seed for majority-vote tie breaking")
@@ -169,17 +178,28 @@ def main(argv=None):
     parser.add_argument("--tol", type=number(float, 0), default=1e-7,
                         help="Dawid-Skene stop: mean log-likelihood gain")
     args = parser.parse_args(argv)
+    if (args.method == "mbem") != bool(args.model_probs):
+        parser.error("--method mbem needs --model-probs, and --model-probs is for --method mbem")
+    if args.class_prior and args.method != "mbem":
+        parser.error("--class-prior is for --method mbem")
     for flag, path in (("--out", args.out), ("--confusions-out", args.confusions_out)):
         if path and (problem := output_problem(path)):
             parser.error(f"{flag}: {problem}")
     start = time.perf_counter()
     try:
         ann, item_names, worker_names, classes = read_answers(args.answers)
-    except InputError as err:
+        if args.method == "mbem":
+            model, model_classes = api.model_table(read_table(args.model_probs, "item"), item_names)
+            ann, classes = api.relabel(ann, classes, model_classes), model_classes
+        truth = read_table(args.truth, "item", "label") if args.truth else None
+    except (InputError, ValueError) as err:
         print("error: " + str(err).replace("\n", "\\n").replace("\r", "\\r"), file=sys.stderr)  # one line
         return 2
-    probs, confusions, iterations = aggregate(ann, args.method, np.random.default_rng(args.seed),
-                                              args.max_iter, args.tol)
+    if args.method == "mbem":
+        (probs, confusions, _), iterations = mbem_step(ann, model, class_prior=args.class_prior), 0
+    else:
+        probs, confusions, iterations = aggregate(ann, args.method, np.random.default_rng(args.seed),
+                                                  args.max_iter, args.tol)
     table = posterior_csv(probs, item_names, classes)
     try:
         if args.confusions_out:
@@ -194,7 +214,30 @@ def main(argv=None):
         return 2
     print(f"items {ann.n} workers {ann.m} labels {len(ann.items)} classes {ann.K} "
           f"iterations {iterations} seconds {time.perf_counter() - start:.2f}", file=sys.stderr)
+    if truth is not None:
+        predicted = pd.Series(np.asarray(classes, dtype=object)[probs.argmax(axis=1)], index=item_names)
+        covered = truth.index.intersection(predicted.index)
+        accuracy = float((predicted[covered] == truth[covered]).mean()) if len(covered) else float("nan")
+        print(f"truth: accuracy {accuracy:.4f} on the {len(covered)} of {len(truth)} items with a true label that "
+              "were labelled", file=sys.stderr)
     return 0
+
+
+def read_table(path, index, column=None):
+    """A CSV indexed by its `index` column, as read (a classifier's probabilities), or with `column`
+    that column's strings (known true labels); InputError naming the file when it cannot be read,
+    lacks a column or repeats an item."""
+    try:
+        frame = pd.read_csv(path, dtype={index: str, **({column: str} if column else {})}, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise InputError(f"{path}: cannot read as CSV: {str(err).strip().splitlines()[-1]}") from err
+    for name in filter(None, (index, column)):
+        if name not in frame.columns:
+            raise InputError(f"{path}: no column named {name} in header {','.join(map(str, frame.columns))}")
+    if frame[index].duplicated().any():
+        raise InputError(f"{path}: item {frame[index][frame[index].duplicated()].iloc[0]!r} appears twice")
+    frame = frame.set_index(index)
+    return frame[column] if column else frame
 
 
 if __name__ == "__main__":

@@ -1,0 +1,127 @@
+"""The Python API: crowd labels in, each item's posterior and each worker's confusion matrix out,
+for every label-only method and for MBEM's step from your own classifier's probabilities.
+
+Labels come as a pandas DataFrame with columns item, worker, label (crowd-kit's convention), or
+as three equal-length sequences; items, workers and labels may be any hashable values. Classes
+are the distinct labels, sorted (and, for `mbem`, the columns of the model's probabilities).
+
+    import pandas as pd
+    import api
+
+    answers = pd.DataFrame({"item": ["a", "a", "b"], "worker": ["w1", "w2", "w1"], "label": ["cat", "dog", "dog"]})
+    result = api.aggregate(answers, method="em")
+    result.posterior     # DataFrame: a row per item, a column per class, rows sum to 1
+    result.labels        # Series: each item's most probable class
+    result.confusions    # DataFrame: worker, true_label, given_label, probability
+
+The model behind every method (Dawid and Skene 1979): worker a answers l for an item of true
+class k with probability pi_a[k, l], independently across workers and items; the posterior of
+an item's class is proportional to q[k] prod_a pi_a[k, label_a] (aggregation.py states each
+estimator's M- and E-step).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+import aggregation as agg
+
+
+@dataclass
+class Result:
+    posterior: pd.DataFrame  # item x class
+    labels: pd.Series  # item -> most probable class
+    confusions: pd.DataFrame  # worker, true_label, given_label, probability (long form)
+    iterations: int = 0
+
+
+def encode(answers, workers=None, labels=None):
+    """(Annotations, item names, worker names, classes) from a DataFrame or three sequences.
+    ValueError for a missing value, unequal lengths, a repeated (item, worker) or a single class."""
+    if workers is None:
+        frame = answers
+        missing = [c for c in ("item", "worker", "label") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"the DataFrame has no column {', '.join(missing)} (it needs item, worker, label)")
+        answers, workers, labels = frame["item"], frame["worker"], frame["label"]
+    columns = [pd.Series(np.asarray(c, dtype=object)) for c in (answers, workers, labels)]
+    if len({len(c) for c in columns}) != 1 or not len(columns[0]):
+        raise ValueError("items, workers and labels must be non-empty and of one length")
+    if any(c.isna().any() for c in columns):
+        raise ValueError("a missing item, worker or label")
+    (items, item_names), (who, worker_names) = (pd.factorize(c, sort=False) for c in columns[:2])
+    classes = sorted(pd.unique(columns[2]))
+    if len(classes) < 2:
+        raise ValueError(f"every label is {classes[0]!r}: aggregation needs at least two classes")
+    if pd.Series(items * len(worker_names) + who).duplicated().any():
+        raise ValueError("a worker labelled the same item twice")
+    rank = {c: k for k, c in enumerate(classes)}
+    codes = np.array([rank[v] for v in columns[2]], dtype=np.int64)
+    ann = agg.Annotations(items.astype(np.int64), who.astype(np.int64), codes, len(item_names), len(worker_names),
+                          len(classes))
+    return ann, list(item_names), list(worker_names), classes
+
+
+def result(posterior, confusions, item_names, worker_names, classes, iterations=0):
+    table = pd.DataFrame(posterior, index=pd.Index(item_names, name="item"), columns=classes)
+    m, K, _ = confusions.shape
+    long = pd.DataFrame({"worker": np.repeat(worker_names, K * K), "true_label": np.tile(np.repeat(classes, K), m),
+                         "given_label": np.tile(classes, m * K), "probability": confusions.ravel()})
+    return Result(table, table.idxmax(axis=1).rename("label"), long, iterations)
+
+
+def aggregate(answers, workers=None, labels=None, method="em", seed=0, max_iter=100, tol=1e-7):
+    """Posteriors and confusions by a label-only method: mv (majority vote, ties broken at random
+    with `seed`), wmv (label frequencies) or em (Dawid-Skene EM from the wmv start; `ds` is
+    accepted). MV's and WMV's confusions are counted against their own posterior."""
+    method = agg.canonical(method)
+    if method not in agg.LABEL_ONLY:
+        raise ValueError(f"method {method!r}: choose from {', '.join(agg.LABEL_ONLY)} (mbem: api.mbem)")
+    ann, item_names, worker_names, classes = encode(answers, workers, labels)
+    posterior, confusions, iterations = agg.aggregate(ann, method, np.random.default_rng(seed), max_iter, tol)
+    return result(posterior, confusions, item_names, worker_names, classes, iterations)
+
+
+def mbem(answers, model_probs, workers=None, labels=None, class_prior=False):
+    """MBEM's M-step and E-step (the paper's Algorithm 1, steps 2c-2d) from a classifier's
+    predicted probabilities: take t_i = argmax of the model as item i's true class, estimate every
+    worker's confusion from the items they labelled (the M-step), and recompute each item's
+    posterior from its labels (the E-step; with class_prior, times q[k], the share of items the
+    model puts in class k: the paper's form; without, the release's).
+
+    model_probs: a DataFrame indexed by item with one column per class (or `p_<class>` columns,
+    as aggregation.py's CSVs name them), rows summing to 1, covering every labelled item; its
+    columns are the classes, and every label must be one of them."""
+    ann, item_names, worker_names, label_classes = encode(answers, workers, labels)
+    probs, classes = model_table(model_probs, item_names)
+    ann = relabel(ann, label_classes, classes)
+    posterior, confusions, _ = agg.mbem_step(ann, probs, class_prior=class_prior)
+    return result(posterior, confusions, item_names, worker_names, classes)
+
+
+def relabel(ann, label_classes, model_classes):
+    """`ann` with its labels renumbered as the model's classes (matched by name: the column "p_3"
+    names the label 3); ValueError naming labels the model has no column for."""
+    rank = {str(c): k for k, c in enumerate(model_classes)}
+    unknown = [c for c in label_classes if str(c) not in rank]
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} are not columns of the model's probabilities ({model_classes[:10]})")
+    position = np.array([rank[str(c)] for c in label_classes], dtype=np.int64)
+    return agg.Annotations(ann.items, ann.workers, position[ann.labels], ann.n, ann.m, len(model_classes))
+
+
+def model_table(model_probs, item_names):
+    """(n x K probabilities in the order of item_names, classes) from the model's DataFrame."""
+    frame = pd.DataFrame(model_probs)
+    named = [c for c in frame.columns if isinstance(c, str) and c.startswith("p_")]
+    frame = frame[named] if named else frame  # a posterior CSV's own columns: item, label, p_<class>...
+    classes = [c[2:] if c in named else c for c in frame.columns]
+    missing = [i for i in item_names if i not in frame.index]
+    if missing:
+        raise ValueError(f"the model's probabilities have no row for {len(missing)} labelled items, e.g. "
+                         f"{missing[:3]}")
+    probs = frame.loc[item_names].to_numpy(dtype=np.float64)
+    if not np.isfinite(probs).all() or (probs < 0).any() or np.abs(probs.sum(axis=1) - 1).max() > 1e-3:
+        raise ValueError("the model's probabilities must be finite, non-negative rows summing to 1")
+    return probs, classes
