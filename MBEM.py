@@ -257,7 +257,11 @@ class Experiment:
                                for hard in (classes(p.argmax(axis=1)) for p in posteriors)]
         else:
             if algorithm in agg.LABEL_ONLY:
-                targets, confusions, _ = agg.aggregate(ann, algorithm, rng)
+                result = agg.aggregate(ann, algorithm, rng)
+                targets, confusions = result.posterior, result.confusions
+                if not result.converged and self.writer:
+                    print(f"warning: seed {seed} r {r} em: stopped after {result.iterations} iterations, before "
+                          "converging", file=sys.stderr, flush=True)
             elif algorithm == "oracle":  # the true confusions, zeros lifted to 1e-10 as the release smooths
                 confusions = np.maximum(workers, agg.RELEASE_ZERO)
                 targets = agg.posterior(ann, confusions / confusions.sum(axis=2, keepdims=True))
@@ -331,10 +335,19 @@ def main(argv=None):
             parser.error(f"--plot-only: no {os.path.join(config.out, 'results.json')}")
         report.report(store.load_results(config, check_config=False), config.out)
         return 0
-    settings.check(parser, config, args.preset)
+    settings.check(parser, config, args)
     rank = join_processes(config)
+    if rank == 0:
+        store.check_writable(config.out)
     results = store.load_results(config)
     done = {(c["seed"], c["redundancy"], c["n"], c["algorithm"]) for c in results["cells"]}
+    if done and rank == 0 and results.get("commit"):
+        changed = store.trainer_changes(results["commit"])
+        if changed != []:
+            what = "git cannot tell whether the trainer changed" if changed is None else \
+                f"the trainer has changed since ({', '.join(changed)})"
+            print(f"warning: {config.out}/results.json was written at commit {results['commit'][:7]} and {what}: "
+                  "cells trained now may not compare with the saved ones", file=sys.stderr, flush=True)
     results["commit"], results["versions"], results["machine"] = store.environment()
     ds = load(config)
     experiment = Experiment(config, ds, writer=rank == 0)

@@ -164,6 +164,7 @@ class EMResult:
     prior: np.ndarray
     iterations: int
     log_likelihood: list
+    converged: bool = True  # False: stopped by max_iter while the likelihood still gained tol or more
 
 
 def dawid_skene(ann, max_iter=100, tol=1e-7, smoothing="release", init=None):
@@ -176,15 +177,16 @@ def dawid_skene(ann, max_iter=100, tol=1e-7, smoothing="release", init=None):
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, not {max_iter}")
     item_dist = weighted_majority_vote(ann) if init is None else init
-    trace = []
+    trace, converged = [], False
     for iteration in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
         confusions = estimate_confusions(ann, item_dist, smoothing)
         prior = estimate_prior(item_dist)
         item_dist, log_evidence = normalise_log(log_joint(ann, confusions, prior))
         trace.append(float(log_evidence.mean()))
         if len(trace) > 1 and trace[-1] - trace[-2] < tol:
+            converged = True
             break
-    return EMResult(item_dist, confusions, prior, iteration, trace)
+    return EMResult(item_dist, confusions, prior, iteration, trace, converged)
 
 
 def mbem_step(ann, model_probs, hard=True, class_prior=False, smoothing="release"):
@@ -284,18 +286,18 @@ def group_labels(ann, g):
 
 
 def aggregate(ann, method, rng, max_iter=100, tol=1e-7):
-    """(posterior n x K, confusions m x K x K, iterations) for the label-only methods mv, wmv, em:
-    the confusions of MV and WMV are estimated from their own posterior, as MBEM's M-step would."""
+    """An EMResult (posterior n x K, confusions m x K x K, ...) for the label-only methods mv, wmv,
+    em: the confusions of MV and WMV are estimated from their own posterior, as MBEM's M-step
+    would, in no iteration."""
+    if method == "em":
+        return dawid_skene(ann, max_iter=max_iter, tol=tol)
     if method == "mv":
-        probs, iterations = one_hot(majority_vote(ann, rng), ann.K), 0
+        probs = one_hot(majority_vote(ann, rng), ann.K)
     elif method == "wmv":
-        probs, iterations = weighted_majority_vote(ann), 0
-    elif method == "em":
-        result = dawid_skene(ann, max_iter=max_iter, tol=tol)
-        return result.posterior, result.confusions, result.iterations
+        probs = weighted_majority_vote(ann)
     else:
         raise ValueError(f"{method!r} is not a label-only method ({', '.join(LABEL_ONLY)})")
-    return probs, estimate_confusions(ann, probs), iterations
+    return EMResult(probs, estimate_confusions(ann, probs), None, 0, [])
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ an item's class is proportional to q[k] prod_a pi_a[k, label_a] (aggregation.py 
 estimator's M- and E-step).
 """
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,8 +80,10 @@ def aggregate(answers, workers=None, labels=None, method="em", seed=0, max_iter=
     if method not in agg.LABEL_ONLY:
         raise ValueError(f"method {method!r}: choose from {', '.join(agg.LABEL_ONLY)} (mbem: api.mbem)")
     ann, item_names, worker_names, classes = encode(answers, workers, labels)
-    posterior, confusions, iterations = agg.aggregate(ann, method, np.random.default_rng(seed), max_iter, tol)
-    return result(posterior, confusions, item_names, worker_names, classes, iterations)
+    fit = agg.aggregate(ann, method, np.random.default_rng(seed), max_iter, tol)
+    if not fit.converged:
+        warnings.warn(f"Dawid-Skene stopped at max_iter={max_iter} before converging (tol {tol})", stacklevel=2)
+    return result(fit.posterior, fit.confusions, item_names, worker_names, classes, fit.iterations)
 
 
 def mbem(answers, model_probs, workers=None, labels=None, class_prior=False):

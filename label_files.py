@@ -36,6 +36,20 @@ def clean_codes(column):
     return codes.astype(np.int64), list(names)
 
 
+def spelling_warning(raw_labels):
+    """A line naming labels that differ only in case or surrounding spaces, or None: spaces are
+    dropped (" cat" is "cat"), case is kept ("Cat" and "cat" are two classes)."""
+    groups = {}
+    for label in raw_labels:
+        groups.setdefault(str(label).strip().lower(), set()).add(str(label))
+    alike = [sorted(spellings) for spellings in groups.values() if len(spellings) > 1]
+    if not alike:
+        return None
+    shown = "; ".join(" and ".join(repr(s) for s in spellings) for spellings in alike[:3])
+    return (f"labels that differ only in case or surrounding spaces: {shown}{' ...' if len(alike) > 3 else ''} "
+            "(surrounding spaces are dropped, so those are one class; different case is kept as different classes)")
+
+
 def sort_classes(names):
     """Class names in numeric order when they are all numbers, else in string order."""
     try:
@@ -63,11 +77,17 @@ def read_answers(path):
         raise InputError(f"{path}: empty file") from err
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
         raise InputError(f"{path}: cannot read as CSV: {str(err).strip().splitlines()[-1]}") from err
+    if len(frame.columns) == 1 and (delimiter := next((d for d in ("\t", ";", "|") if d in frame.columns[0]), None)):
+        name = {"\t": "tab", ";": "semicolon", "|": "bar"}[delimiter]
+        raise InputError(f"{path}: the header {frame.columns[0]!r} is one column: the file looks {name}-separated "
+                         f"({delimiter!r}); write it with commas")
     columns = [find_column(list(frame.columns), aliases, path)
                for aliases in (ITEM_COLUMNS, WORKER_COLUMNS, LABEL_COLUMNS)]
     if frame.empty:
         raise InputError(f"{path}: no labels after the header")
     (items, item_names), (workers, worker_names), (raw_labels, seen) = (clean_codes(frame[c]) for c in columns)
+    if warning := spelling_warning(frame[columns[2]].dropna().unique()):
+        print(f"warning: {path}: {warning}", file=sys.stderr)
     for what, codes in (("item", items), ("worker", workers), ("label", raw_labels)):
         if codes.min() < 0:
             raise InputError(f"{path}:{int(np.argmax(codes < 0)) + 2}: blank or NaN {what}")
@@ -198,8 +218,11 @@ def main(argv=None):
     if args.method == "mbem":
         (probs, confusions, _), iterations = mbem_step(ann, model, class_prior=args.class_prior), 0
     else:
-        probs, confusions, iterations = aggregate(ann, args.method, np.random.default_rng(args.seed),
-                                                  args.max_iter, args.tol)
+        fit = aggregate(ann, args.method, np.random.default_rng(args.seed), args.max_iter, args.tol)
+        probs, confusions, iterations = fit.posterior, fit.confusions, fit.iterations
+        if not fit.converged:
+            print(f"warning: Dawid-Skene stopped at --max-iter {args.max_iter} before converging (the mean "
+                  f"log-likelihood still gained --tol {args.tol:g} or more): raise --max-iter", file=sys.stderr)
     table = posterior_csv(probs, item_names, classes)
     try:
         if args.confusions_out:

@@ -81,8 +81,9 @@ def resolve_precision(precision, gpus=None):
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16" and not native_bf16(device):
-        raise ValueError(f"--precision bf16: {device} has no native bf16 (this CPU: {cpu_capability()}; bf16 needs "
-                         "AVX512-BF16 or AMX, or a CUDA GPU) and would run many times slower; use fp32 or auto")
+        what = f"this CPU ({cpu_capability()}) has" if device.type == "cpu" else f"{device} has"
+        raise ValueError(f"--precision bf16: {what} no native bf16 (bf16 needs AVX512-BF16 or AMX, or a GPU that "
+                         "computes it) and would run many times slower; use fp32 or auto")
     return precision
 
 

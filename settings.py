@@ -272,9 +272,17 @@ def parse(argv=None, description=None):
     return preset(args.preset, **given), args, p
 
 
-def check(p, config, preset_name):
-    """Reject settings that cannot run, with one clear line (argparse exits with status 2)."""
-    cells = plan(config)
+def check(p, config, args):
+    """Reject settings that cannot run, or flags given that would do nothing in this run, with one
+    clear line (argparse exits with status 2)."""
+    cells, preset_name = plan(config), args.preset
+    given = {s.name for s in SETTINGS if getattr(args, s.name, None) is not None}
+    if len(set(config.seeds)) != len(config.seeds):
+        p.error(f"--seeds {','.join(map(str, config.seeds))}: a seed given twice would count twice in every mean")
+    if config.annotations and (idle := {"gamma", "workers", "worker_model"} & given):
+        p.error(f"{flags(idle)}: for simulated workers only; with --annotations the workers are real")
+    if config.dataset != "imagenet" and (idle := {"image_size", "loader_workers"} & given):
+        p.error(f"{flags(idle)}: for --dataset imagenet's streamed images only")
     if config.redundancy and not config.budget:
         p.error("--redundancy needs --budget")
     if config.dataset in ("folder", "imagenet") and not config.source:
@@ -314,6 +322,25 @@ def check(p, config, preset_name):
     needed = {"mxnet": config.backend == "mxnet", "torch": config.backend == "torch" or config.dataset == "imagenet"}
     for package in (name for name, needs in needed.items() if needs and find_spec(name) is None):
         p.error(INSTALL[package])
+    if config.gpus:
+        ids, available = ",".join(map(str, config.gpus)), gpu_count(config.backend)
+        if max(config.gpus) >= available:
+            p.error(f"--gpus {ids}: {config.backend} sees {available or 'no'} GPU{'s' * (available != 1)} here "
+                    f"(leave --gpus out to train on the CPU)")
+        if config.backend == "torch" and len(config.gpus) > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            p.error(f"--gpus {ids}: the torch backend runs one process per GPU, started by torchrun: torchrun "
+                    f"--nproc_per_node {len(config.gpus)} MBEM.py ... --gpus {ids}")
+
+
+def gpu_count(backend):
+    """How many GPUs the backend can use on this machine (0 for a CPU build)."""
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.device_count()
+    import resnet  # before mxnet: it sets MXNet's thread count
+
+    return resnet.mx.context.num_gpus()
 
 
 INSTALL = {  # what to do when a framework a run needs is not installed
@@ -322,6 +349,10 @@ INSTALL = {  # what to do when a framework a run needs is not installed
     "torch": "--backend torch (and --dataset imagenet's loader) needs PyTorch: `make setup` or `make setup-torch` "
              "installs it, or pip install torch==2.13.0+cpu (a GPU: the CUDA build, docs/backends.md)",
 }
+
+
+def flags(names):
+    return ", ".join(sorted("--" + n.replace("_", "-") for n in names))
 
 
 def comparable(config):

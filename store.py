@@ -37,6 +37,20 @@ def environment():
     return commit, versions, {"cpu": cpu_model(), "cores": os.cpu_count()}
 
 
+TRAINER_FILES = ("pipeline.py", "resnet.py", "resnet_torch.py", "imagenet.py")
+
+
+def trainer_changes(commit):
+    """The trainer's files that differ between `commit` and this checkout (its working tree
+    included): [] when none, None when git cannot tell (no git, or a commit this clone lacks)."""
+    try:
+        result = subprocess.run(["git", "diff", "--name-only", commit, "--", *TRAINER_FILES], capture_output=True,
+                                text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    except OSError:
+        return None
+    return result.stdout.split() if result.returncode == 0 else None
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
@@ -49,6 +63,30 @@ def write_json(path, obj):
     atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
+def check_writable(out):
+    """Make `out` and write a file in it, then remove what was made: a folder that cannot take
+    results (under /proc, a full disk, a read-only mount) fails here, before any training, and
+    nothing is left behind."""
+    made, path = [], os.path.abspath(out)
+    while not os.path.exists(path):
+        made.append(path)
+        path = os.path.dirname(path)
+    probe = os.path.join(out, ".mbem-write-test")
+    try:
+        for folder in reversed(made):
+            os.mkdir(folder)
+        atomic_write(probe, b"")
+        os.remove(probe)
+    except OSError as err:
+        raise RunError(f"--out {out}: cannot write there ({err.strerror or err}); choose another --out") from err
+    finally:
+        for folder in made:  # deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+
+
 def save(results, out):
     """results.json after each cell, atomically; a failed write (a full disk, a folder made read-only)
     stops the run with one line, and every cell written before is still there."""
@@ -57,8 +95,9 @@ def save(results, out):
         os.makedirs(out, exist_ok=True)  # made at the first finished cell: a run refused earlier leaves nothing
         write_json(path, results)
     except OSError as err:
-        raise RunError(f"cannot write {path} ({err.strerror or err}): the cells finished before this one are "
-                       "saved; make room (or choose another --out) and run the same command to resume") from err
+        kept = "the cells finished before this one are saved" if len(results["cells"]) > 1 else "no cell was saved"
+        raise RunError(f"cannot write {path} ({err.strerror or err}): {kept}; make room (or choose another --out) "
+                       "and run the same command to resume") from err
 
 
 def load_results(config, check_config=True):

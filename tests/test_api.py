@@ -31,7 +31,8 @@ def test_aggregate_is_the_estimator_on_the_same_labels(simulated, method):
     frame, _ = simulated
     result = api.aggregate(frame, method=method)
     ann, items, workers, classes = api.encode(frame)
-    expected, confusions, _ = agg.aggregate(ann, agg.canonical(method), np.random.default_rng(0))
+    fit = agg.aggregate(ann, agg.canonical(method), np.random.default_rng(0))
+    expected, confusions = fit.posterior, fit.confusions
     assert list(result.posterior.index) == items
     assert list(result.posterior.columns) == classes == ["c0", "c1", "c2", "c3"]
     assert np.allclose(result.posterior.to_numpy(), expected)

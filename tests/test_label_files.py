@@ -198,3 +198,29 @@ def test_a_model_that_misses_or_repeats_an_item_is_one_line(answers, tmp_path, m
         out.writerows([item, 0.5, 0.5] + [0] * (len(classes) - 2) for item in model_rows(items))
     result = run(path, "--method", "mbem", "--model-probs", model, "--out", tmp_path / "out.csv")
     assert result.returncode == 2 and message in result.stderr and not (tmp_path / "out.csv").exists()
+
+
+def test_labels_alike_but_for_case_or_spaces_are_named(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("item,worker,label\n1,a,Cat\n1,b,cat \n2,a,cat\n2,b,dog\n")
+    result = run(path, "--out", tmp_path / "out.csv")
+    assert result.returncode == 0
+    assert "warning: " in result.stderr and "'Cat' and 'cat' and 'cat '" in result.stderr
+    with open(tmp_path / "out.csv") as f:
+        assert next(csv.reader(f)) == ["item", "label", "p_Cat", "p_cat", "p_dog"]  # spaces dropped, case kept
+
+
+@pytest.mark.parametrize("delimiter, name", [("\t", "tab"), (";", "semicolon")])
+def test_another_delimiter_is_named(tmp_path, delimiter, name):
+    path = tmp_path / "a.csv"
+    path.write_text(delimiter.join(["item", "worker", "label"]) + "\n" + delimiter.join(["1", "a", "x"]) + "\n")
+    result = run(path)
+    assert result.returncode == 2 and f"looks {name}-separated" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_max_iter_before_convergence_warns(answers, tmp_path):
+    path, _ = answers
+    result = run(path, "--max-iter", "2", "--out", tmp_path / "out.csv")
+    assert result.returncode == 0 and "warning: Dawid-Skene stopped at --max-iter 2 before converging" in result.stderr
+    assert "warning" not in run(path, "--out", tmp_path / "out.csv").stderr

@@ -384,3 +384,56 @@ def test_without_mxnet_the_default_backend_says_what_to_do(tmp_path, monkeypatch
     error = capsys.readouterr().err
     assert stop.value.code == 2 and "needs MXNet 1.9.1" in error and "--backend torch" in error
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds", "1,1,2"], "--seeds 1,1,2: a seed given twice"),
+    (["--annotations", "README.md", "--gamma", "0.3", "--workers", "9"], "--gamma, --workers: for simulated workers"),
+    (["--image-size", "64"], "--image-size: for --dataset imagenet's streamed images only"),
+    (["--loader-workers", "4", "--dataset", "digits"], "--loader-workers: for --dataset imagenet"),
+    (["--out", "/proc/mbem-test"], "--out /proc/mbem-test: cannot write there"),
+])
+def test_flags_that_cannot_act_are_refused_before_any_work(tmp_path, flags, message, capsys):
+    args = ["--preset", "smoke", "--backend", "torch", "--out", str(tmp_path / "x"), *flags]
+    try:
+        status = MBEM.command(args)
+    except SystemExit as stop:
+        status = stop.code
+    stderr = capsys.readouterr().err
+    assert status == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists() and not os.path.exists("/proc/mbem-test")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.device_count() > 0, reason="this machine has a GPU")
+@pytest.mark.parametrize("backend", ["torch", pytest.param("mxnet", marks=needs_mxnet)])
+def test_gpus_on_a_machine_without_them_is_one_line(tmp_path, backend, capsys):
+    for gpus in ("0", "0,1"):
+        with pytest.raises(SystemExit) as stop:
+            MBEM.main(["--preset", "smoke", "--backend", backend, "--gpus", gpus, "--out", str(tmp_path / "x")])
+        assert stop.value.code == 2 and f"--gpus {gpus}: {backend} sees no GPUs here" in capsys.readouterr().err
+
+
+def test_several_gpus_on_torch_need_torchrun(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(settings, "gpu_count", lambda backend: 2)  # as on a machine with two GPUs
+    with pytest.raises(SystemExit):
+        MBEM.main(["--preset", "smoke", "--backend", "torch", "--gpus", "0,1", "--out", str(tmp_path / "x")])
+    assert "torchrun --nproc_per_node 2 MBEM.py ... --gpus 0,1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resuming_after_the_trainer_changed_says_so(tmp_path):
+    first = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    if first.returncode:
+        pytest.skip("not a git checkout")
+    out = tmp_path / "run"
+    args = ["--preset", "smoke", "--backend", "torch", "--no-compile", "--redundancy", "1", "--epochs", "1",
+            "--out", out]
+    assert run(*args, "--algorithms", "mv").returncode == 0
+    results = json.loads((out / "results.json").read_text())
+    if store.trainer_changes(results["commit"]) == []:  # the same commit, no edits since: nothing to say
+        assert "warning" not in run(*args, "--algorithms", "mv").stderr
+    results["commit"] = first.stdout.split()[0]  # the project's first commit: another trainer
+    (out / "results.json").write_text(json.dumps(results))
+    result = run(*args, "--algorithms", "mv")
+    assert result.returncode == 0 and "the trainer has changed since (" in result.stderr
+    assert "pipeline.py" in result.stderr and "may not compare with the saved ones" in result.stderr
