@@ -17,6 +17,7 @@ Settings are settings.py's; results and bootstrap files are store.py's.
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,6 +40,17 @@ METHODS = list(agg.METHODS)  # every method's one name, in the order that seeds 
 SAME_TARGETS = 1e-6
 
 
+@dataclass
+class Trained:
+    """What one training leaves: the model's probabilities on its items and on the test set (None
+    without one), the per-epoch history, and the model itself."""
+
+    train_probs: np.ndarray
+    test_probs: np.ndarray
+    history: list
+    model: object
+
+
 # ----------------------------------------------------------------------------- the paper's algorithm
 
 def mbem(ann, bootstrap, train, rounds=1, class_prior=False):
@@ -49,15 +61,15 @@ def mbem(ann, bootstrap, train, rounds=1, class_prior=False):
                  pi_a[k, l] = #(t = k, a said l) / #(t = k, a labelled), and with class_prior
                  q[k] = share of items with t = k (the release has no q);
         E-step   the posterior P(y_i = k | labels) proportional to q[k] prod_a pi_a[k, label_a(i)];
-        retrain  train(posterior, round) -> (train probs, test probs, history): a new model on the
-                 posterior, whose predictions start the next round.
+        retrain  train(posterior, round) -> Trained: a new model on the posterior, whose
+                 predictions start the next round.
 
-    Returns (posterior, confusions, the last training's result, one record per round)."""
+    Returns (posterior, confusions, the last Trained, every round's posterior)."""
     predicted, posteriors = agg.one_hot(bootstrap, ann.K), []
     for t in range(rounds):
         posterior, confusions, _ = agg.mbem_step(ann, predicted, class_prior=class_prior)
         result = train(posterior, t)
-        predicted = result[0]
+        predicted = result.train_probs
         posteriors.append(posterior)
     return posterior, confusions, result, posteriors
 
@@ -106,7 +118,6 @@ class Experiment:
 
     def __init__(self, config, ds, writer=True):
         self.config, self.ds, self.writer = config, ds, writer
-        self.K = len(ds.classes)
         N = len(ds.train_images)
         # The items are the first n of one fixed shuffle (the same for every seed and redundancy):
         # class-folder trees come sorted by class, so CIFAR's own "first n" needs replacing.
@@ -123,13 +134,11 @@ class Experiment:
             self.validation = (ds.train_images[val_index], ds.train_labels[val_index])
         elif ds.val_images is not None:
             self.validation = (ds.val_images, ds.val_labels)
-        if config.group_size and self.K % config.group_size:
-            raise RunError(f"--group-size {config.group_size} does not divide the {self.K} classes")
         self.plan = settings.plan(config)
         self.real = None
         if config.annotations:
             try:
-                self.real = crowd.read(config.annotations, ds.train_names, ds.classes)
+                self.real, ds.classes = crowd.read(config.annotations, ds.train_names, ds.classes)
             except InputError as err:
                 raise RunError(f"--annotations {err}") from err
             self.allowed = np.zeros(N, dtype=bool)
@@ -146,7 +155,11 @@ class Experiment:
         if too_big:
             raise RunError(f"the plan asks for {max(too_big)} items but only {len(self.pool)} "
                            f"training images are available{where}")
-        self.trained = {}  # (seed, items digest) -> [(targets, (train probs, test probs, history))]: see fit
+        self.K = len(ds.classes)
+        if config.group_size and self.K % config.group_size:
+            raise RunError(f"--group-size {config.group_size} does not divide the {self.K} classes")
+        self.check_truth(val_index)
+        self.trained = {}  # (seed, items digest) -> [(targets, Trained)]: see fit
         self.bootstrap = {}  # (seed, r, n) -> the WMV model's predicted class of each item, for MBEM
         self.trainer = trainer_module(config.backend)
         self.precision = "fp32"
@@ -156,8 +169,27 @@ class Experiment:
             except ValueError as err:
                 raise RunError(str(err)) from err
 
+    def check_truth(self, val_index):
+        """What needs a known class has one: simulated workers label by it, a validation split and
+        clean labels train or choose on it, a test error needs a test set."""
+        c, ds = self.config, self.ds
+        known = ds.train_labels >= 0
+        if not c.annotations and not known.all():
+            raise RunError(f"simulated workers label each image by its class, and {(~known).sum()} training images "
+                           "have none: put them in train/<class>/ folders, or give real labels with --annotations")
+        if not known[val_index].all():
+            raise RunError("--select-epoch val holds out training images of known class, and some have none (not "
+                           "under train/<class>/): use --select-epoch last")
+        labelled = self.real.per_image(len(known)) > 0 if self.real is not None else known
+        if "clean" in c.algorithms and not known[labelled].all():
+            raise RunError("--algorithms clean trains on the true classes, and some labelled images have none (not "
+                           "under train/<class>/)")
+        if not len(ds.test_images) and (c.select_epoch == "test" or not c.annotations):
+            raise RunError("no test set: --source needs test/<class>/<image> for a test error (with real labels and "
+                           "no test set, use --select-epoch last)")
+
     def fit(self, targets, items, seed, tag, grouped=None):
-        """Train on soft targets (twice when two-stage). Returns (train probs, test probs, history).
+        """Train on soft targets (twice when two-stage). Returns a Trained.
 
         With epoch_images "all" (the release) the network also sees the rest of the training pool,
         after the labelled items, with all-zero targets: no loss gradient, but BatchNorm statistics
@@ -189,7 +221,8 @@ class Experiment:
             augment = {"pad": c.augment_pad, "rng": np.random.default_rng([seed, stage])} if c.predict_augmented else {}
             train_probs = trainer.predict_proba(model, labelled, columns=grouped and grouped.columns, **augment)
             targets = agg.one_hot(train_probs.argmax(axis=1), train_probs.shape[1])  # the second stage's targets
-        result = (train_probs, trainer.predict_proba(model, ds.test_images), history)
+        test_probs = trainer.predict_proba(model, ds.test_images) if len(ds.test_images) else None
+        result = Trained(train_probs, test_probs, history, model)
         self.trained.setdefault(key, []).append((given.copy(), result))
         return result
 
@@ -207,7 +240,8 @@ class Experiment:
             items, ann = crowd.subsample(self.real, self.allowed, r, n, rng, self.K)
         except InputError as err:
             raise RunError(str(err)) from err
-        return items, ann, crowd.empirical_accuracy(ann, truth[items])
+        known = (truth[items] >= 0).any()  # without any known class there is no accuracy to compare with
+        return items, ann, crowd.empirical_accuracy(ann, truth[items]) if known else None
 
     def bootstrap_model(self, seed, r, n, ann, fit):
         """MBEM's start, as the release has it: the (final) WMV model's hard predictions on the
@@ -221,7 +255,7 @@ class Experiment:
             if predicted is not None and self.writer:
                 print(f"seed {seed} r {r} mbem: bootstrapped from the saved WMV predictions {path}", flush=True)
         if predicted is None:
-            predicted = fit(agg.weighted_majority_vote(ann), "wmv")[0].argmax(axis=1)
+            predicted = fit(agg.weighted_majority_vote(ann), "wmv").train_probs.argmax(axis=1)
             self.keep_bootstrap(seed, r, n, ann, predicted)
         return predicted
 
@@ -236,6 +270,11 @@ class Experiment:
         c, ds = self.config, self.ds
         start = time.perf_counter()
         truth = ds.train_labels[items]
+        known = truth >= 0  # images under train/<class>/ (all of them but with real labels on a bare tree)
+
+        def accuracy(hard):  # how often a hard label is the true class, where that is known
+            return float((hard == truth)[known].mean()) if known.any() else None
+
         rng = np.random.default_rng([seed, r, n, METHODS.index(algorithm)])
         # Grouped classes (the paper's ImageNet workers): every estimator runs on the labels' positions
         # within their group, targets are n x g, and `classes` maps them back to the K classes.
@@ -249,10 +288,10 @@ class Experiment:
         extra = {}
         if algorithm == "mbem":
             bootstrap = self.bootstrap_model(seed, r, n, ann, fit)
-            targets, confusions, (_, test_probs, history), posteriors = mbem(
+            targets, confusions, trained, posteriors = mbem(
                 ann, bootstrap, lambda posterior, t: fit(posterior, f"mbem round {t + 1}"), c.rounds, c.class_prior)
             # each round's targets: how many are right, and the largest class's share (a collapse shows)
-            extra["rounds"] = [{"label_accuracy": float((hard == truth).mean()),
+            extra["rounds"] = [{"label_accuracy": accuracy(hard),
                                 "top_class_share": float(np.bincount(hard).max() / len(hard))}
                                for hard in (classes(p.argmax(axis=1)) for p in posteriors)]
         else:
@@ -267,23 +306,39 @@ class Experiment:
                 targets = agg.posterior(ann, confusions / confusions.sum(axis=2, keepdims=True))
             else:  # clean: the true labels
                 targets, confusions = agg.one_hot(truth % k if grouped else truth, k), None
-            train_probs, test_probs, history = fit(targets, algorithm)
+            trained = fit(targets, algorithm)
             if algorithm == "wmv":
-                self.keep_bootstrap(seed, r, n, ann, train_probs.argmax(axis=1))
+                self.keep_bootstrap(seed, r, n, ann, trained.train_probs.argmax(axis=1))
+        history, test_probs = trained.history, trained.test_probs
         record = {"redundancy": r, "n": n, "algorithm": algorithm, "seed": seed,
-                  "test_error": top_k_error(test_probs, ds.test_labels, 1),
+                  "test_error": None if test_probs is None else top_k_error(test_probs, ds.test_labels, 1),
                   "val_error": selected_val_error(history, c.select_epoch),
-                  "label_accuracy": float((classes(targets.argmax(axis=1)) == truth).mean()),
+                  "label_accuracy": accuracy(classes(targets.argmax(axis=1))),
                   **worker_fields(ann, confusions, true_accuracy, None if self.real is None else targets),
                   "epochs": len(history), "backend": c.backend, "precision": self.precision,
                   "wall_seconds": time.perf_counter() - start,
                   "train_img_per_s": float(np.mean([h["img_per_s"] for h in history])), **extra}
-        if self.K > 10:
+        if self.K > 10 and test_probs is not None:
             record["test_error_top5"] = top_k_error(test_probs, ds.test_labels, 5)
-        if self.real is not None and self.writer:
-            store.write_labels(c.out, f"{algorithm}-seed{seed}-r{r}", [ds.train_names[i] for i in items], ds.classes,
-                               targets, confusions, self.real.worker_names)
+        if self.writer:
+            self.write_cell(f"{algorithm}-seed{seed}-r{r}", items, targets, confusions, trained, grouped)
         return record
+
+    def write_cell(self, name, items, targets, confusions, trained, grouped):
+        """The cell's model under models/, that model's predictions on the images it trained on under
+        predictions/ (item,label,p_<class>...; not for grouped classes, whose rows are n x g), and
+        with real labels its posterior and confusions under labels/."""
+        c, ds = self.config, self.ds
+        names = [ds.train_names[i] for i in items] if ds.train_names is not None else [str(i) for i in items]
+        store.save_model(self.trainer, trained.model, c.out, name, {
+            "classes": list(ds.classes), "depth": c.depth, "imagenet": self.imagenet,
+            "in_channels": int(ds.train_images.shape[1]), "backend": c.backend, "precision": self.precision})
+        if grouped is None:  # the saved model's own predictions (the release's are on augmented images)
+            probs = self.trainer.predict_proba(trained.model, ds.train_images[items]) if c.predict_augmented \
+                else trained.train_probs
+            store.write_predictions(c.out, name, names, ds.classes, probs)
+        if self.real is not None:
+            store.write_labels(c.out, name, names, ds.classes, targets, confusions, self.real.worker_names)
 
 
 def selected_val_error(history, select_epoch):
@@ -303,17 +358,25 @@ def worker_fields(ann, confusions, true_accuracy, item_dist=None):
     if confusions is None:
         return {"worker_accuracy_mae": None}
     active = np.bincount(ann.workers, minlength=ann.m) > 0
+    if true_accuracy is None:  # real labels on images of unknown class: estimates alone
+        true_accuracy = np.full(ann.m, np.nan)
     if item_dist is None:
         estimated, kind = agg.worker_accuracy(confusions), "mean confusion diagonal"
     else:
         estimated, kind = agg.labels_right(ann, confusions, item_dist), "share of labels right"
 
     def listed(values):
-        return [round(float(v), 5) if a else None for v, a in zip(values, active, strict=True)]
+        return [round(float(v), 5) if a and np.isfinite(v) else None for v, a in zip(values, active, strict=True)]
 
-    return {"worker_accuracy_mae": float(np.abs(estimated - true_accuracy)[active].mean()),
+    error = np.abs(estimated - true_accuracy)[active]
+    return {"worker_accuracy_mae": float(np.nanmean(error)) if np.isfinite(error).any() else None,
             "worker_accuracy": listed(estimated), "worker_accuracy_true": listed(true_accuracy),
             "worker_accuracy_kind": kind}
+
+
+def shown(value, digits):
+    """A figure for a progress line: '-' where the run has none (no test set, no known classes)."""
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def order(algorithms):
@@ -369,8 +432,8 @@ def main(argv=None):
                 results["wall_seconds"] += time.perf_counter() - start
                 if rank == 0:  # under torchrun every process computes the cell; one writes it
                     store.save(results, config.out)
-                    print(f"seed {seed} r {r} n {n} {algorithm}: test error {record['test_error']:.4f} label "
-                          f"accuracy {record['label_accuracy']:.3f} ({record['wall_seconds']:.0f} s)", flush=True)
+                    print(f"seed {seed} r {r} n {n} {algorithm}: test error {shown(record['test_error'], 4)} label "
+                          f"accuracy {shown(record['label_accuracy'], 3)} ({record['wall_seconds']:.0f} s)", flush=True)
     if rank == 0:
         try:
             os.makedirs(config.out, exist_ok=True)

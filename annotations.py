@@ -42,8 +42,9 @@ def match_items(item_names, train_names):
         raise InputError("this dataset has no image names to match annotations to (use --dataset cifar10 "
                              "or a class-folder --source)")
     index = {name: i for i, name in enumerate(train_names)}
-    names = [n[len("train/"):] if n.startswith("train/") else n for n in item_names]
-    images = np.array([index.get(n, -1) for n in names], dtype=np.int64)
+    # a class folder's images are named "<class>/<file>": "train/<class>/<file>" names them too
+    images = np.array([index.get(n, index.get(n[len("train/"):], -1) if n.startswith("train/") else -1)
+                       for n in item_names], dtype=np.int64)
     unknown = [item_names[i] for i in np.flatnonzero(images < 0)]
     if unknown:
         raise InputError(f"{len(unknown)} items name no training image: {first(unknown)} (expected names "
@@ -67,11 +68,14 @@ def match_classes(csv_classes, classes):
 
 
 def read(path, train_names, classes):
-    """The CSV at `path` as RealLabels over the dataset's training images and classes."""
+    """The CSV at `path` as RealLabels over the dataset's training images and classes, and the
+    classes: the dataset's, or, for images without class folders, the labels' own (sorted)."""
     ann, item_names, worker_names, csv_classes = read_answers(path)
     images = match_items(item_names, train_names)
+    classes = list(classes) or list(csv_classes)
     labels = match_classes(csv_classes, classes)
-    return RealLabels(images[ann.items], ann.workers, labels[ann.labels], [str(w) for w in worker_names], ann.m)
+    real = RealLabels(images[ann.items], ann.workers, labels[ann.labels], [str(w) for w in worker_names], ann.m)
+    return real, classes
 
 
 def subsample(real, allowed, r, n, rng, K):
@@ -103,8 +107,10 @@ def subsample(real, allowed, r, n, rng, K):
 
 
 def empirical_accuracy(ann, truth):
-    """Each worker's share of labels equal to the item's true class (NaN for workers without labels)."""
-    right = np.bincount(ann.workers, weights=(ann.labels == truth[ann.items]).astype(float), minlength=ann.m)
-    given = np.bincount(ann.workers, minlength=ann.m)
+    """Each worker's share of labels equal to the item's true class, over the items whose class is
+    known (truth >= 0); NaN for workers without such labels."""
+    known = truth[ann.items] >= 0
+    right = np.bincount(ann.workers, weights=(ann.labels == truth[ann.items]) & known, minlength=ann.m)
+    given = np.bincount(ann.workers, weights=known, minlength=ann.m)
     with np.errstate(invalid="ignore", divide="ignore"):
         return right / given

@@ -29,8 +29,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 @dataclass
 class Dataset:
     train_images: np.ndarray  # uint8 (N, C, H, W)
-    train_labels: np.ndarray  # int64 (N,)
-    test_images: np.ndarray
+    train_labels: np.ndarray  # int64 (N,); -1 where nobody knows an image's class
+    test_images: np.ndarray  # (0, C, H, W) when there is no test set
     test_labels: np.ndarray
     classes: list
     train_names: list = None  # what names each training image in an annotations CSV
@@ -147,38 +147,60 @@ def image_files(source):
 
 
 def read_class_folders(source, progress=True):
-    """Decode ROOT/{train,test}/<class>/<image> (ROOT may be nested one level inside a tarball).
-    Returns the arrays, the class names and each training image's name "<class>/<file>"."""
-    found = {"train": [], "test": []}
+    """Decode every image under `source` (a folder or .tar.gz, perhaps nested one level inside it).
+    ROOT/train/<class>/<image> are training images of a known class, named "<class>/<image>";
+    ROOT/test/<class>/<image> the test set; any other image is a training image whose class
+    nobody knows (label -1), named by its path under ROOT. Class names are the class folders'
+    (none without class folders: a run with real labels takes them from the labels). Returns the
+    arrays (test ones empty without a test/ tree), the class names and the training images' names."""
     try:
         files, empty = image_files(source)
     except (OSError, tarfile.TarError) as err:
         raise ValueError(f"{source}: cannot read ({err})") from None
     if empty:
         raise ValueError(f"{source}: class folders without images: {', '.join(sorted(empty)[:5])}")
+    if not files:
+        raise ValueError(f"{source}: no images (.jpg, .jpeg, .png) in it")
+    top = {parts[0] for parts, _ in files}  # a tarball of ROOT holds ROOT/...: its names start under ROOT
+    strip = int(not os.path.isdir(source) and len(top) == 1 and not top & {"train", "test"}
+                and all(len(parts) > 1 for parts, _ in files))
+    found, other = {"train": [], "test": []}, []
     for parts, data in tqdm(files, desc=f"decoding {os.path.basename(source)}", disable=not progress, unit="img"):
-        split_at = next((i for i, p in enumerate(parts[:-2]) if p in found), None)
-        if split_at is not None and len(parts) - split_at == 3:
-            if isinstance(data, str):
-                with open(data, "rb") as f:
-                    data = f.read()
-            found[parts[split_at]].append((parts[split_at + 1], parts[-1], decode(data, "/".join(parts))))
-    if not found["train"] or not found["test"]:
-        raise ValueError(f"{source}: expected train/<class>/<image> and test/<class>/<image>")
+        if isinstance(data, str):
+            with open(data, "rb") as f:
+                data = f.read()
+        pixels = decode(data, "/".join(parts))
+        parts = parts[strip:]
+        if len(parts) == 3 and parts[0] in found:
+            found[parts[0]].append((parts[1], parts[2], pixels))
+        else:
+            other.append(("/".join(parts), pixels))
     classes = sorted({c for split in found.values() for c, _, _ in split})
-    arrays = {}
-    for split, entries in found.items():
-        missing = sorted(set(classes) - {c for c, _, _ in entries})
-        if missing:
-            raise ValueError(f"{source}: no images in {split}/ for the classes {', '.join(missing[:5])}")
+    if found["train"] and found["test"]:
+        for split, entries in found.items():
+            missing = sorted(set(classes) - {c for c, _, _ in entries})
+            if missing:
+                raise ValueError(f"{source}: no images in {split}/ for the classes {', '.join(missing[:5])}")
+    for entries in found.values():
         entries.sort(key=lambda e: (e[0], e[1]))  # a fixed order whatever the file system lists
-        sizes = {e[2].shape: f"{split}/{e[0]}/{e[1]}" for e in entries}
-        if len(sizes) != 1:
-            examples = "; ".join(f"{name} is {shape[1]}x{shape[2]}" for shape, name in list(sizes.items())[:3])
-            raise ValueError(f"{source}: images of several sizes in {split}/ ({examples}); resize them to one size")
-        arrays[f"{split}_images"] = np.stack([e[2] for e in entries])
-        arrays[f"{split}_labels"] = np.array([classes.index(e[0]) for e in entries], dtype=np.int64)
-    arrays["train_names"] = np.array([f"{c}/{name}" for c, name, _ in found["train"]])
+    other.sort(key=lambda e: e[0].split("/"))
+    train = [(f"{c}/{name}", classes.index(c), pixels) for c, name, pixels in found["train"]]
+    train += [(name, -1, pixels) for name, pixels in other]
+    test = [(f"test/{c}/{name}", classes.index(c), pixels) for c, name, pixels in found["test"]]
+    names = [name for name, _, _ in train]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{source}: two training images share a name (a class folder under train/ and a folder "
+                         f"of the same name beside it?)")
+    sizes = {pixels.shape: name for name, _, pixels in train + test}
+    if len(sizes) != 1:
+        examples = "; ".join(f"{name} is {shape[1]}x{shape[2]}" for shape, name in list(sizes.items())[:3])
+        raise ValueError(f"{source}: images of several sizes ({examples}); resize them to one size")
+    shape = next(iter(sizes))
+    arrays = {}
+    for split, entries in (("train", train), ("test", test)):
+        arrays[f"{split}_images"] = np.stack([p for _, _, p in entries]) if entries else np.zeros((0, *shape), np.uint8)
+        arrays[f"{split}_labels"] = np.array([k for _, k, _ in entries], dtype=np.int64)
+    arrays["train_names"] = np.array(names)
     return arrays, classes
 
 
@@ -195,11 +217,12 @@ CACHE_KEYS = ("classes", "train_images", "train_labels", "test_images", "test_la
 
 
 def load_folder(source, root=None, progress=True):
-    """A class-folder tree (folder or .tar.gz), decoded once and cached in the data folder. A cache
-    that cannot be read whole (truncated, foreign, from an older version) is rebuilt, not trusted."""
+    """A tree of images (folder or .tar.gz; see read_class_folders), decoded once and cached in the
+    data folder. A cache that cannot be read whole (truncated, foreign, from an older version) is
+    rebuilt, not trusted."""
     if not os.path.exists(source):
         raise FileNotFoundError(f"{source}: no such folder or archive")
-    cache = os.path.join(data_dir(root), f"folder-v2-{source_key(source)[:16]}.npz")
+    cache = os.path.join(data_dir(root), f"folder-v3-{source_key(source)[:16]}.npz")
     arrays = read_cache(cache)
     if arrays is None:
         found, classes = read_class_folders(source, progress)

@@ -24,6 +24,7 @@ Never run two MXNet trainings at once on one machine: OpenMP threads spin while 
 two processes oversubscribing the cores slow each other down by far more than half.
 """
 
+import json
 import os
 import sys
 import warnings
@@ -158,6 +159,29 @@ def nag(net, lr, schedule=None):
         param.wd_mult = 1.0 if decayed(name) else 0.0
     options = {"learning_rate": lr, "momentum": MOMENTUM, "wd": WEIGHT_DECAY}
     return gluon.Trainer(params, "nag", options if schedule is None else dict(options, lr_scheduler=schedule))
+
+
+MODEL_SUFFIX = ".params"
+
+
+def save_model(model, path, meta):
+    """The network's weights (MXNet's .params) and `meta` (classes, depth, imagenet, in_channels,
+    ...) beside them as <path>.json."""
+    model.net.save_parameters(path + ".part")
+    os.replace(path + ".part", path)
+    with open(path + ".json.part", "w") as f:
+        json.dump(dict(meta), f)
+    os.replace(path + ".json.part", path + ".json")
+
+
+def load_model(path, gpus=None):
+    """(Model, meta) from save_model's files, on the CPU or `gpus`: predict_proba(model, images)
+    gives the class probabilities, columns in the order of meta["classes"]."""
+    with open(path + ".json") as f:
+        meta = json.load(f)
+    model = build(meta["depth"], len(meta["classes"]), gpus, imagenet=meta["imagenet"])
+    model.net.load_parameters(path, ctx=model.contexts)
+    return model, meta
 
 
 def predict_proba(model, images, batch_size=500, pad=0, rng=None, columns=None):

@@ -198,6 +198,29 @@ def build(depth, classes, gpus=None, seed=0, imagenet=False, precision="fp32", c
     return Model(net, forward, device, precision)
 
 
+MODEL_SUFFIX = ".pt"
+
+
+def save_model(model, path, meta):
+    """The network's weights and `meta` (classes, depth, imagenet, in_channels, ...) in one file,
+    written whole or not at all."""
+    state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
+    tmp = path + ".part"
+    torch.save({"state": state, "meta": dict(meta)}, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(path, gpus=None):
+    """(Model, meta) from save_model's file, on the CPU or the first of `gpus`: predict_proba(model,
+    images) gives the class probabilities, columns in the order of meta["classes"]."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    meta = saved["meta"]
+    model = build(meta["depth"], len(meta["classes"]), gpus, imagenet=meta["imagenet"],
+                  precision=meta.get("precision", "fp32"), in_channels=meta["in_channels"])
+    model.net.load_state_dict(saved["state"])
+    return model, meta
+
+
 def predict_proba(model, images, batch_size=500, pad=0, rng=None, columns=None):
     """Class probabilities (n, K) for uint8 images (or an image stream), in batches; rows sum to 1.
     With pad > 0 each image is augmented once first (the release predicts through its training

@@ -104,7 +104,8 @@ SETTINGS = (
     Setting("augment_pad", 4, "augmentation: pad by this many pixels (fill 127), random crop, mirror; 0: off",
             number(int, 0)),
     Setting("epoch_images", "labelled", "all: every epoch also passes the unlabelled training images, with zero "
-            "targets (the release)", choices=("labelled", "all")),
+            "targets (the release; with --annotations always labelled: images nobody labelled are not trained on)",
+            choices=("labelled", "all")),
     Setting("shuffle", True, "a new batch order every epoch (--no-shuffle: one fixed order, the release)",
             switch=True),
     Setting("predict_augmented", False, "predict the training items on randomly cropped and mirrored images "
@@ -269,6 +270,8 @@ def parse(argv=None, description=None):
         given["plan"] = None
     elif args.annotations and args.preset == "paper":
         given.update(plan=None, redundancy=None)  # real labels and no sweep asked for: every label once
+    if args.annotations and "epoch_images" not in given:
+        given["epoch_images"] = "labelled"  # real labels: images nobody labelled are not trained on
     return preset(args.preset, **given), args, p
 
 

@@ -161,6 +161,21 @@ def load_bootstrap(path, ann):
     return predicted.astype(np.int64)
 
 
+def save_model(trainer, model, out, name, meta):
+    """<out>/models/<name>.<ext>: the cell's final model with what rebuilds it (`meta`: classes,
+    depth, ...); trainer.load_model(path) reads it back."""
+    folder = os.path.join(out, "models")
+    os.makedirs(folder, exist_ok=True)
+    trainer.save_model(model, os.path.join(folder, name + trainer.MODEL_SUFFIX), meta)
+
+
+def write_predictions(out, name, item_names, classes, probs):
+    """<out>/predictions/<name>.csv: item,label,p_<class>... for every image the cell trained on."""
+    folder = os.path.join(out, "predictions")
+    os.makedirs(folder, exist_ok=True)
+    atomic_write(os.path.join(folder, f"{name}.csv"), posterior_csv(probs, item_names, classes))
+
+
 def write_labels(out, name, item_names, classes, targets, confusions=None, worker_names=None):
     """With real labels: the posterior of every training item and each worker's confusion matrix,
     as the aggregation command line writes them."""

@@ -3,6 +3,10 @@ end to end."""
 
 import csv
 import json
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +15,7 @@ from test_readers_fuzz import tree
 import aggregation as agg
 import annotations
 from cli import InputError
-from conftest import run_script
+from conftest import ROOT, run_script
 
 
 def test_items_and_classes_are_matched_or_named():
@@ -135,3 +139,98 @@ def test_bad_annotations_are_one_line(labelled_tree, tmp_path, rows, flags, mess
 def test_cifar10n_preset_needs_annotations(tmp_path):
     result = mbem("--preset", "cifar10n", "--out", tmp_path / "x")
     assert result.returncode == 2 and "python cifar10n.py" in result.stderr
+
+
+def bare_tree(root, test=True):
+    """Images nobody has classified (photos/0.png ...: bright ones are "day", dark ones "night"), a
+    test/<class>/ tree if asked, and three workers' labels, the third always wrong."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    truth = {}
+    (root / "photos").mkdir(parents=True)
+    for i in range(12):
+        day = i % 2 == 0
+        Image.fromarray(np.full((8, 8, 3), 200 if day else 30, np.uint8)).save(root / "photos" / f"{i}.png")
+        truth[f"photos/{i}.png"] = "day" if day else "night"
+    if test:
+        for c, value in (("day", 210), ("night", 20)):
+            (root / "test" / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8, 3), value + int(rng.integers(0, 9)), np.uint8)).save(
+                    root / "test" / c / f"{i}.png")
+    rows = [(item, f"w{w}", label if w < 2 else ("night" if label == "day" else "day"))
+            for item, label in truth.items() for w in range(3)]
+    answers = root.parent / f"answers-{root.name}.csv"
+    answers.write_text("item,worker,label\n" + "".join(",".join(r) + "\n" for r in rows))
+    return answers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("test", [True, False])
+def test_images_whose_class_nobody_knows(tmp_path, test):
+    """A tree without training class folders: classes come from the labels, a test/ tree (if any)
+    gives the test error, and what needs the truth is absent, not zero. Every cell leaves its
+    model (loadable, predicting what its predictions file says) and its predictions."""
+    import resnet_torch
+
+    answers = bare_tree(tmp_path / "tree", test)
+    out = tmp_path / "out"
+    result = mbem("--preset", "paper", "--backend", "torch", "--no-compile", "--dataset", "folder", "--source",
+                  tmp_path / "tree", "--data-dir", tmp_path / "cache", "--annotations", answers, "--algorithms",
+                  "mv,wmv,em,mbem", "--select-epoch", "last", "--depth", "8", "--epochs", "2", "--no-two-stage",
+                  "--batch-size", "4", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    assert [c["redundancy"] for c in cells] == [0] * 4 and {c["n"] for c in cells} == {12}
+    for cell in cells:
+        assert cell["label_accuracy"] is None and cell["worker_accuracy_mae"] is None
+        assert (cell["test_error"] is not None) == test
+        assert all(v is None for v in cell["worker_accuracy_true"]) and None not in cell["worker_accuracy"]
+        if cell["algorithm"] == "em":  # two workers agree, the third never does: EM finds it out
+            assert cell["worker_accuracy"][2] < 0.1 < 0.9 < min(cell["worker_accuracy"][:2])
+    model, meta = resnet_torch.load_model(str(out / "models" / "mbem-seed0-r0.pt"))
+    assert meta["classes"] == ["day", "night"]
+    with open(out / "predictions" / "mbem-seed0-r0.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["item"] for r in rows) == sorted(f"photos/{i}.png" for i in range(12))
+    from PIL import Image
+    images = np.stack([np.asarray(Image.open(tmp_path / "tree" / r["item"])).transpose(2, 0, 1) for r in rows])
+    probs = resnet_torch.predict_proba(model, images)
+    assert np.abs(probs - np.array([[float(r["p_day"]), float(r["p_night"])] for r in rows])).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_the_readmes_own_command_runs_as_printed(tmp_path):
+    """`python MBEM.py --annotations answers.csv --dataset folder --source my_images/ ...` from the
+    README, in a folder holding those two (the paper preset's 60 epochs, on 12 tiny images)."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    command = re.search(r"\npython (MBEM\.py --annotations .*?)\n```", text, re.S).group(1)
+    args = command.replace("\\\n", " ").split()
+    answers = bare_tree(tmp_path / "my_images")
+    os.rename(answers, tmp_path / "answers.csv")
+    env = dict(os.environ, MBEM_DATA=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, args[0]), *args[1:]], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = json.loads((tmp_path / "results" / "mine" / "results.json").read_text())["cells"]
+    assert {c["algorithm"] for c in cells} == {"mv", "wmv", "em", "mbem"} and all(c["epochs"] == 120 for c in cells)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "simulated workers label each image by its class, and 12 training images have none"),
+    (["--algorithms", "mv,clean"], "--algorithms clean trains on the true classes"),
+    (["--select-epoch", "test"], "no test set"),
+    (["--select-epoch", "val", "--val-size", "2"], "--select-epoch val holds out training images of known class"),
+])
+def test_what_needs_the_truth_is_refused_without_it(tmp_path, flags, message, capsys):
+    import MBEM
+
+    answers = bare_tree(tmp_path / "tree", test=False)
+    real = ["--annotations", str(answers)] if flags else []
+    status = MBEM.command(["--preset", "paper", "--backend", "torch", "--dataset", "folder", "--source",
+                           str(tmp_path / "tree"), "--data-dir", str(tmp_path / "cache"), "--out",
+                           str(tmp_path / "out"), *real, *(flags or ["--plan", "1:10", "--select-epoch", "last"])])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and message in error[-1] and not (tmp_path / "out").exists()

@@ -156,7 +156,7 @@ def test_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         dataset.load_folder(str(tmp_path / "nope"), str(tmp_path))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="expected train"):
+    with pytest.raises(ValueError, match="no images"):
         dataset.load_folder(str(tmp_path / "empty"), str(tmp_path), progress=False)
 
 

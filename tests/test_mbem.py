@@ -328,7 +328,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_finished_cells(tmp_path, 
         MBEM.main(["--preset", "smoke", "--backend", "torch", "--no-compile", "--algorithms", "mv", "--epochs", "1",
                    "--out", str(out)])
     assert len(json.loads((out / "results.json").read_text())["cells"]) == 1
-    assert os.listdir(out) == ["results.json"]  # no temporary file left
+    assert sorted(os.listdir(out)) == ["models", "predictions", "results.json"]  # no temporary file left
 
 
 def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ def trainer(name):
 def test_both_trainers_expose_one_contract():
     """MBEM.py calls either trainer the same way: the same functions with the same signatures."""
     resnet = trainer("resnet")
-    for name in ("to_devices", "build", "train", "predict_proba", "accuracy"):
+    for name in ("to_devices", "build", "train", "predict_proba", "accuracy", "save_model", "load_model"):
         assert inspect.signature(getattr(resnet, name)) == inspect.signature(getattr(resnet_torch, name)), name
 
 
