@@ -17,19 +17,19 @@ Settings are settings.py's; results and bootstrap files are store.py's.
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 import aggregation as agg
 import annotations as crowd
 import dataset as data
-import imagenet
 import noise_sim
+import pipeline
 import report
 import settings
 import store
-from cli import InputError, RunError
+from cli import InputError, RunError, format_seconds
 from pipeline import IMAGENET_DROPS
 
 METHODS = list(agg.METHODS)  # every method's one name, in the order that seeds their random draws
@@ -75,42 +75,6 @@ def mbem(ann, bootstrap, train, rounds=1, class_prior=False):
 
 
 # ----------------------------------------------------------------------------- the experiment
-
-def load(config):
-    try:
-        if config.dataset == "digits":
-            return data.load_digits()
-        if config.dataset == "imagenet":
-            return imagenet.load(config.source, config.val_size, config.image_size, config.loader_workers)
-        if config.dataset == "folder":
-            return data.load_folder(config.source, config.data_dir)
-    except (OSError, ValueError) as err:
-        raise RunError(str(err)) from err
-    try:
-        return data.load_cifar10(config.data_dir)
-    except OSError as err:
-        raise RunError(f"cannot get CIFAR-10 ({err}). Offline? Use --dataset folder --source "
-                       "PATH with a class-folder copy, e.g. ../shared/data/cifar10-jpeg.tar.gz") from err
-
-
-def trainer_module(backend):
-    """resnet (MXNet) or resnet_torch (PyTorch), imported when first needed."""
-    try:
-        if backend == "mxnet":
-            import resnet
-
-            return resnet
-        import resnet_torch
-
-        return resnet_torch
-    except ImportError as err:
-        raise RunError(f"{settings.INSTALL['mxnet' if backend == 'mxnet' else 'torch']} ({err})") from err
-
-
-def top_k_error(probs, labels, k):
-    top = np.argsort(-probs, axis=1)[:, :k]
-    return float(1.0 - (top == labels[:, None]).any(axis=1).mean())
-
 
 class Experiment:
     """Everything one run shares: the data, the split, the labels (simulated or real), the plan of
@@ -161,7 +125,7 @@ class Experiment:
         self.check_truth(val_index)
         self.trained = {}  # (seed, items digest) -> [(targets, Trained)]: see fit
         self.bootstrap = {}  # (seed, r, n) -> the WMV model's predicted class of each item, for MBEM
-        self.trainer = trainer_module(config.backend)
+        self.trainer = pipeline.trainer(config.backend)
         self.precision = "fp32"
         if config.backend == "torch":
             try:
@@ -311,15 +275,16 @@ class Experiment:
                 self.keep_bootstrap(seed, r, n, ann, trained.train_probs.argmax(axis=1))
         history, test_probs = trained.history, trained.test_probs
         record = {"redundancy": r, "n": n, "algorithm": algorithm, "seed": seed,
-                  "test_error": None if test_probs is None else top_k_error(test_probs, ds.test_labels, 1),
-                  "val_error": selected_val_error(history, c.select_epoch),
+                  "test_error": None if test_probs is None else report.top_k_error(test_probs, ds.test_labels, 1),
+                  "val_error": report.selected_val_error(history, c.select_epoch),
                   "label_accuracy": accuracy(classes(targets.argmax(axis=1))),
-                  **worker_fields(ann, confusions, true_accuracy, None if self.real is None else targets),
+                  **report.worker_fields(ann, confusions, true_accuracy, None if self.real is None else targets),
                   "epochs": len(history), "backend": c.backend, "precision": self.precision,
                   "wall_seconds": time.perf_counter() - start,
-                  "train_img_per_s": float(np.mean([h["img_per_s"] for h in history])), **extra}
+                  "train_img_per_s": float(np.mean([h["img_per_s"] for h in history])), **extra,
+                  "history": [{k: round(v, 6) if isinstance(v, float) else v for k, v in h.items()} for h in history]}
         if self.K > 10 and test_probs is not None:
-            record["test_error_top5"] = top_k_error(test_probs, ds.test_labels, 5)
+            record["test_error_top5"] = report.top_k_error(test_probs, ds.test_labels, 5)
         if self.writer:
             self.write_cell(f"{algorithm}-seed{seed}-r{r}", items, targets, confusions, trained, grouped)
         return record
@@ -341,37 +306,39 @@ class Experiment:
             store.write_labels(c.out, name, names, ds.classes, targets, confusions, self.real.worker_names)
 
 
-def selected_val_error(history, select_epoch):
-    """Validation error of the model that was tested: the final stage's best or last epoch."""
-    final = [h for h in history if h["stage"] == history[-1]["stage"] and "val_acc" in h]
-    if not final:
-        return None
-    return 1 - (max(h["val_acc"] for h in final) if select_epoch == "val" else final[-1]["val_acc"])
+def dry_run(config, experiment, cells):
+    """Print the resolved settings, the cells and trainings to run, and a time estimated from a few
+    timed batches of this machine; train and write nothing else."""
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in asdict(config).items()))
+    for seed, r, n, algorithm in cells:
+        print(f"  cell seed {seed} r {r} n {n} {algorithm}")
+    stages = 2 if config.two_stage else 1
+    ds, batch = experiment.ds, min(config.batch_size, len(experiment.pool))
+    sample = ds.train_images[experiment.pool[:3 * batch]]
+    _, history = experiment.trainer.train(sample, np.full((len(sample), experiment.K), 1 / experiment.K),
+                                          experiment.K, depth=config.depth, epochs=2, batch_size=batch,
+                                          gpus=config.gpus, precision=experiment.precision, compile=config.compile,
+                                          pad=config.augment_pad, progress=False, imagenet=experiment.imagenet)
+    speed = history[-1]["img_per_s"]
+    saved = lambda s, r, n: os.path.exists(store.bootstrap_path(config.out, s, r, n))  # noqa: E731
+    per_epoch = {(s, r, n): len(experiment.pool) if config.epoch_images == "all" else n for s, r, n, _ in cells}
+    count = {c: settings.trainings(config, c, cells, saved) for c in cells}
+    images = sum(count[c] * stages * config.epochs * per_epoch[c[:3]] for c in cells)
+    print(f"{len(cells)} cells, at most {sum(count.values()) * stages} trainings ({stages} stage"
+          f"{'s' * (stages > 1)} each) of {config.epochs} epochs: {images:,} training images; at {speed:.0f} img/s "
+          f"(3 timed batches of {batch} here, {experiment.precision}) about {format_seconds(images / speed)}, "
+          "evaluation not counted")
+    return 0
 
 
-def worker_fields(ann, confusions, true_accuracy, item_dist=None):
-    """Per-worker accuracy, estimated and true, for the workers who gave a label (None for the
-    others), and the mean absolute error between them; all None for an algorithm without
-    confusions. Simulated workers: the mean of the confusion diagonal, estimated and true. Real
-    workers (item_dist, the cell's targets, given): the estimated share of their labels that are
-    right, as their empirical accuracy counts (`worker_accuracy_kind` says which)."""
-    if confusions is None:
-        return {"worker_accuracy_mae": None}
-    active = np.bincount(ann.workers, minlength=ann.m) > 0
-    if true_accuracy is None:  # real labels on images of unknown class: estimates alone
-        true_accuracy = np.full(ann.m, np.nan)
-    if item_dist is None:
-        estimated, kind = agg.worker_accuracy(confusions), "mean confusion diagonal"
-    else:
-        estimated, kind = agg.labels_right(ann, confusions, item_dist), "share of labels right"
-
-    def listed(values):
-        return [round(float(v), 5) if a and np.isfinite(v) else None for v, a in zip(values, active, strict=True)]
-
-    error = np.abs(estimated - true_accuracy)[active]
-    return {"worker_accuracy_mae": float(np.nanmean(error)) if np.isfinite(error).any() else None,
-            "worker_accuracy": listed(estimated), "worker_accuracy_true": listed(true_accuracy),
-            "worker_accuracy_kind": kind}
+def progress(work, cell, elapsed):
+    """The sweep's line after `cell`: cells done of all, time so far, and the time left if the rest
+    goes as fast per item trained (`work`: each cell's items, times MBEM's rounds)."""
+    finished = list(work).index(cell) + 1
+    done = sum(list(work.values())[:finished])
+    rest = sum(work.values()) - done
+    return (f"[{finished} of {len(work)} cells] {format_seconds(elapsed)} so far, about "
+            f"{format_seconds(elapsed * rest / max(done, 1))} left")
 
 
 def shown(value, digits):
@@ -404,19 +371,18 @@ def main(argv=None):
         store.check_writable(config.out)
     results = store.load_results(config)
     done = {(c["seed"], c["redundancy"], c["n"], c["algorithm"]) for c in results["cells"]}
-    if done and rank == 0 and results.get("commit"):
-        changed = store.trainer_changes(results["commit"])
-        if changed != []:
-            what = "git cannot tell whether the trainer changed" if changed is None else \
-                f"the trainer has changed since ({', '.join(changed)})"
-            print(f"warning: {config.out}/results.json was written at commit {results['commit'][:7]} and {what}: "
-                  "cells trained now may not compare with the saved ones", file=sys.stderr, flush=True)
+    if done and rank == 0 and (warning := store.resume_warning(results, config.out)):
+        print(warning, file=sys.stderr, flush=True)
     results["commit"], results["versions"], results["machine"] = store.environment()
-    ds = load(config)
+    ds = data.load(config)
     experiment = Experiment(config, ds, writer=rank == 0)
     todo = [(s, r, n, a) for s in config.seeds for r, n in experiment.plan for a in order(config.algorithms)]
+    left = [cell for cell in todo if cell not in done]
+    if args.dry_run:
+        return dry_run(config, experiment, left)
     if rank == 0:
-        print(f"{len(todo) - len(done & set(todo))} of {len(todo)} cells to run; results in {config.out}", flush=True)
+        print(f"{len(left)} of {len(todo)} cells to run; results in {config.out}", flush=True)
+    work, started = {cell: cell[2] * (config.rounds if cell[3] == "mbem" else 1) for cell in left}, time.time()
     for seed in config.seeds:
         workers = None if config.annotations else noise_sim.simulate_workers(
             config.workers, len(ds.classes), config.gamma, np.random.default_rng(seed), config.worker_model,
@@ -434,6 +400,7 @@ def main(argv=None):
                     store.save(results, config.out)
                     print(f"seed {seed} r {r} n {n} {algorithm}: test error {shown(record['test_error'], 4)} label "
                           f"accuracy {shown(record['label_accuracy'], 3)} ({record['wall_seconds']:.0f} s)", flush=True)
+                    print(progress(work, (seed, r, n, algorithm), time.time() - started), flush=True)
     if rank == 0:
         try:
             os.makedirs(config.out, exist_ok=True)
@@ -445,21 +412,12 @@ def main(argv=None):
 
 
 def join_processes(config):
-    """This process's rank: 0 alone, or its rank in the process group when started by torchrun
-    (one process per GPU, or several on the CPU with gloo for a test)."""
+    """This process's rank: 0 alone, or its rank under torchrun (the torch backend only)."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return 0
     if config.backend != "torch":
         raise RunError("torchrun starts data-parallel runs of the torch backend only: add --backend torch")
-    import torch
-    import torch.distributed as dist
-
-    if config.gpus:
-        torch.cuda.set_device(config.gpus[int(os.environ.get("LOCAL_RANK", 0)) % len(config.gpus)])
-    dist.init_process_group("nccl" if config.gpus else "gloo")
-    if not config.gpus:  # CPU processes share the cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
-    return dist.get_rank()
+    return pipeline.trainer("torch").join_processes(config.gpus)
 
 
 def command(argv=None):

@@ -85,3 +85,17 @@ class InputError(ValueError):
 
 class RunError(Exception):
     """A problem with the user's data or output folder found during a run: one line on stderr, exit status 2."""
+
+
+INSTALL = {  # what to do when a framework a run needs is not installed
+    "mxnet": "--backend mxnet (the default) needs MXNet 1.9.1, which needs Python 3.11 and numpy < 1.24: `make "
+             "setup` installs it; or pass --backend torch",
+    "torch": "--backend torch (and --dataset imagenet's loader) needs PyTorch: `make setup` or `make setup-torch` "
+             "installs it, or pip install torch==2.13.0+cpu (a GPU: the CUDA build, docs/backends.md)",
+}
+
+
+def format_seconds(seconds):
+    """3.2 h, 41 min or 12 s."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 else \
+        f"{seconds:.0f} s"

@@ -12,12 +12,15 @@ Images are uint8 (N, C, H, W) in memory; batches come out as float32 for the net
 
 import math
 import queue
+import sys
 import threading
 import time
 from fractions import Fraction
 
 import numpy as np
 from tqdm import tqdm
+
+from cli import INSTALL, RunError
 
 # ----------------------------------------------------------------------------- the release's recipe
 MOMENTUM = 0.9  # Nesterov momentum
@@ -61,6 +64,20 @@ def learning_rate(base, update, drops):
     """MXNet's MultiFactorScheduler: the rate of update number `update` (from 1), x0.1 for every
     drop the count has passed."""
     return base * 0.1 ** sum(update > d for d in drops)
+
+
+def trainer(backend):
+    """resnet (MXNet) or resnet_torch (PyTorch), imported when first needed."""
+    try:
+        if backend == "mxnet":
+            import resnet
+
+            return resnet
+        import resnet_torch
+
+        return resnet_torch
+    except ImportError as err:
+        raise RunError(f"{INSTALL['mxnet' if backend == 'mxnet' else 'torch']} ({err})") from err
 
 
 # ----------------------------------------------------------------------------- the input pipeline
@@ -175,10 +192,12 @@ class Epochs:
         self.history, self.best, self.best_state = [], -1.0, None
 
     def bar(self, batches_, total):
+        """The epoch's batches, with a progress bar on a terminal; in a log file (stderr not a
+        terminal) only end()'s one plain line per epoch, no carriage-return bars."""
         epoch = len(self.history) + 1
         self.start = time.perf_counter()
-        return tqdm(batches_, total=total, disable=not self.progress, desc=f"{self.desc} epoch {epoch}/{self.epochs}",
-                    leave=False, unit="batch")
+        return tqdm(batches_, total=total, disable=not (self.progress and sys.stderr.isatty()),
+                    desc=f"{self.desc} epoch {epoch}/{self.epochs}", leave=False, unit="batch")
 
     def end(self, loss_sum, correct, seen, updates, lr, images, accuracy, snapshot):
         """Record the epoch just trained (call after the reads that wait for its last step);

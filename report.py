@@ -6,6 +6,7 @@ the figures and the files beside results.json.
     redundancy.csv            the budget question: each algorithm at the smallest r minus itself and
                               the others at each larger r, seed by seed, with the same interval
     error_vs_redundancy.png   test error against redundancy (the paper's figure)
+    mbem_minus_baselines.png  MBEM minus each baseline per redundancy, seed by seed, with its interval
     worker_accuracy.png       estimated against true per-worker accuracy, at r = 1 and the largest r
 
 Every spread over seeds is the sample standard deviation (n - 1; none from one seed). Seeds share
@@ -23,6 +24,7 @@ from collections import Counter
 import numpy as np
 from scipy import stats
 
+import aggregation as agg
 from aggregation import METHODS
 from label_files import atomic_write
 
@@ -32,6 +34,48 @@ CSV_COLUMNS = ["redundancy", "n", "algorithm", "seed", "test_error", "test_error
                "train_img_per_s"]
 BASELINES = ("wmv", "mv", "em")  # MBEM is compared with each of these
 
+
+# ----------------------------------------------------------------------------- a cell's measures
+
+def top_k_error(probs, labels, k):
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return float(1.0 - (top == labels[:, None]).any(axis=1).mean())
+
+
+def selected_val_error(history, select_epoch):
+    """Validation error of the model that was tested: the final stage's best or last epoch."""
+    final = [h for h in history if h["stage"] == history[-1]["stage"] and "val_acc" in h]
+    if not final:
+        return None
+    return 1 - (max(h["val_acc"] for h in final) if select_epoch == "val" else final[-1]["val_acc"])
+
+
+def worker_fields(ann, confusions, true_accuracy, item_dist=None):
+    """Per-worker accuracy, estimated and true, for the workers who gave a label (None for the
+    others), and the mean absolute error between them; all None for an algorithm without
+    confusions. Simulated workers: the mean of the confusion diagonal, estimated and true. Real
+    workers (item_dist, the cell's targets, given): the estimated share of their labels that are
+    right, as their empirical accuracy counts (`worker_accuracy_kind` says which)."""
+    if confusions is None:
+        return {"worker_accuracy_mae": None}
+    active = np.bincount(ann.workers, minlength=ann.m) > 0
+    if true_accuracy is None:  # real labels on images of unknown class: estimates alone
+        true_accuracy = np.full(ann.m, np.nan)
+    if item_dist is None:
+        estimated, kind = agg.worker_accuracy(confusions), "mean confusion diagonal"
+    else:
+        estimated, kind = agg.labels_right(ann, confusions, item_dist), "share of labels right"
+
+    def listed(values):
+        return [round(float(v), 5) if a and np.isfinite(v) else None for v, a in zip(values, active, strict=True)]
+
+    error = np.abs(estimated - true_accuracy)[active]
+    return {"worker_accuracy_mae": float(np.nanmean(error)) if np.isfinite(error).any() else None,
+            "worker_accuracy": listed(estimated), "worker_accuracy_true": listed(true_accuracy),
+            "worker_accuracy_kind": kind}
+
+
+# ----------------------------------------------------------------------------- tables
 
 def summarise(cells, metric="test_error"):
     """{algorithm: {redundancy: [metric over seeds]}} (cells without the metric are left out)."""
@@ -308,6 +352,7 @@ def report(results, out):
         write_csv(os.path.join(out, "redundancy.csv"), budget, ["comparison", "seeds", "differences", "mean",
                                                                 "ci_low", "ci_high", "smaller_r_wins"])
     plot_error(results, out)
+    plot_paired(results, out)
     plot_worker_accuracy(results, out)
     print(trained_with(results["cells"]))
     print(format_table(results))
@@ -318,3 +363,56 @@ def report(results, out):
     workers = worker_rows(results["cells"])
     if workers:
         print(format_workers(workers, bool(results["config"].get("annotations"))))
+
+
+def shared_models(cells, r, algorithms):
+    """Groups of `algorithms` whose test errors at redundancy r are equal seed by seed: they trained
+    one model (identical targets: MV, WMV and label-only EM at r = 1)."""
+    value, groups = by_cell(cells), []
+    for a in algorithms:
+        seeds = {s for (x, rr, s) in value if x == a and rr == r}
+        for group in groups:
+            b = group[0]
+            if seeds and seeds == {s for (x, rr, s) in value if x == b and rr == r} and \
+                    all(value[a, r, s] == value[b, r, s] for s in seeds):
+                group.append(a)
+                break
+        else:
+            groups.append([a])
+    return [g for g in groups if len(g) > 1]
+
+
+def plot_paired(results, out):
+    """MBEM minus each baseline at each redundancy: the mean of the seed-by-seed differences and
+    its 95% t-interval (below zero, MBEM's error is lower: the paper's claim at a glance). Where
+    baselines trained one shared model, the figure says so."""
+    cells, rows = results["cells"], paired_rows(results["cells"])
+    if not rows:
+        return False
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    baselines = [b for b in BASELINES if any(row["comparison"] == f"mbem - {b}" for row in rows)]
+    rs = sorted({row["redundancy"] for row in rows})
+    step = 0.08 * (max(rs) - min(rs) or 1)
+    for j, baseline in enumerate(baselines):
+        mine = [row for row in rows if row["comparison"] == f"mbem - {baseline}"]
+        x = [row["redundancy"] + (j - (len(baselines) - 1) / 2) * step for row in mine]
+        y = [row["mean"] for row in mine]
+        err = [[0 if row["ci_low"] is None else row["mean"] - row["ci_low"] for row in mine],
+               [0 if row["ci_high"] is None else row["ci_high"] - row["mean"] for row in mine]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, linestyle="none", color=f"C{j}",
+                    label=f"MBEM - {NAMES[baseline]}")
+    shared = [f"r = {r}: " + " = ".join(NAMES[a] for a in group) + ", one model (identical targets)"
+              for r in rs for group in shared_models(cells, r, baselines)]
+    ax.axhline(0, color="0.5", linewidth=1)
+    ax.set_xticks(rs)
+    ax.set_xlabel("redundancy r (labels per item), fixed budget")
+    ax.set_ylabel("MBEM minus baseline, test error (< 0: MBEM lower)")
+    ax.set_title(title(results["config"], cells) + " (mean and 95% t-interval)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.text(0.5, 0.01, "\n".join(shared), ha="center", va="bottom", fontsize=7, color="0.3")
+    fig.tight_layout(rect=(0, 0.035 * len(shared), 1, 1))
+    fig.savefig(os.path.join(out, "mbem_minus_baselines.png"), dpi=120)
+    plt.close(fig)
+    return True

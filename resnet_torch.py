@@ -98,6 +98,17 @@ def distributed():
     return 0, 1
 
 
+def join_processes(gpus):
+    """This process's rank: 0 alone, or its rank in the process group when started by torchrun
+    (one process per GPU, or several on the CPU with gloo for a test)."""
+    if gpus:
+        torch.cuda.set_device(gpus[int(os.environ.get("LOCAL_RANK", 0)) % len(gpus)])
+    dist.init_process_group("nccl" if gpus else "gloo")
+    if not gpus:  # CPU processes share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
+    return dist.get_rank()
+
+
 def this_device(devices):
     """The device of this process: the only one, or under torchrun the local rank's GPU."""
     rank, world = distributed()

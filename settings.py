@@ -14,7 +14,7 @@ from importlib.util import find_spec
 
 import noise_sim
 from aggregation import METHODS, canonical
-from cli import Parser, csv_list, number, output_problem
+from cli import INSTALL, Parser, csv_list, number, output_problem
 from pipeline import gpu_ids, stages
 
 
@@ -251,6 +251,9 @@ def parser(description):
             p.add_argument(s.flag, action=argparse.BooleanOptionalAction, default=None, help=s.help)
         else:
             p.add_argument(s.flag, type=s.type, choices=s.choices, help=s.help + shown)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved settings, the cells and trainings to run and an estimated time (from "
+                        "a few timed batches), then exit without training")
     p.add_argument("--plot-only", action="store_true",
                    help="redraw the figures and CSVs from --out/results.json and exit")
     return p
@@ -346,12 +349,6 @@ def gpu_count(backend):
     return resnet.mx.context.num_gpus()
 
 
-INSTALL = {  # what to do when a framework a run needs is not installed
-    "mxnet": "--backend mxnet (the default) needs MXNet 1.9.1, which needs Python 3.11 and numpy < 1.24: `make "
-             "setup` installs it; or pass --backend torch",
-    "torch": "--backend torch (and --dataset imagenet's loader) needs PyTorch: `make setup` or `make setup-torch` "
-             "installs it, or pip install torch==2.13.0+cpu (a GPU: the CUDA build, docs/backends.md)",
-}
 
 
 def flags(names):
@@ -361,3 +358,15 @@ def flags(names):
 def comparable(config):
     """The settings that make a result (a resumed run must match them)."""
     return {k: v for k, v in asdict(config).items() if k not in NOT_RESULTS}
+
+
+def trainings(config, cell, cells, saved_bootstrap):
+    """How many models a cell trains (at most: targets that turn out equal share one, as label-only
+    EM's at r = 1 may), each `stages` times: MV and WMV share one at r = 1, MBEM trains `rounds`
+    and, without a WMV cell or a saved WMV model, its bootstrap too."""
+    seed, r, n, algorithm = cell
+    if algorithm == "wmv" and r == 1 and (seed, r, n, "mv") in cells:
+        return 0
+    if algorithm == "mbem":
+        return config.rounds + ((seed, r, n, "wmv") not in cells and not saved_bootstrap(seed, r, n))
+    return 1

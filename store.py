@@ -51,6 +51,19 @@ def trainer_changes(commit):
     return result.stdout.split() if result.returncode == 0 else None
 
 
+def resume_warning(results, out):
+    """A warning line when a results folder resumed was written at a commit whose trainer differs
+    from this checkout's, or None."""
+    commit = results.get("commit")
+    changed = trainer_changes(commit) if commit else []
+    if changed == []:
+        return None
+    what = "git cannot tell whether the trainer changed" if changed is None else \
+        f"the trainer has changed since ({', '.join(changed)})"
+    return (f"warning: {out}/results.json was written at commit {commit[:7]} and {what}: cells trained now may not "
+            "compare with the saved ones")
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:

@@ -2,6 +2,8 @@
 
 import csv
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import pytest
 import aggregation
 import label_files
 import noise_sim
-from conftest import run_script, shared_path
+from conftest import ROOT, run_script, shared_path
 
 
 def run(*args):
@@ -224,3 +226,15 @@ def test_max_iter_before_convergence_warns(answers, tmp_path):
     result = run(path, "--max-iter", "2", "--out", tmp_path / "out.csv")
     assert result.returncode == 0 and "warning: Dawid-Skene stopped at --max-iter 2 before converging" in result.stderr
     assert "warning" not in run(path, "--out", tmp_path / "out.csv").stderr
+
+
+def test_the_readmes_aggregation_command_runs_as_printed(answers, tmp_path):
+    with open(os.path.join(ROOT, "README.md")) as f:
+        line = next(line for line in f if line.startswith("python aggregation.py answers.csv"))
+    path, _ = answers
+    os.rename(path, tmp_path / "answers.csv")
+    args = line.split()[1:]
+    result = subprocess.run([sys.executable, os.path.join(ROOT, args[0]), *args[1:]], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "posterior.csv").stat().st_size > 0 and (tmp_path / "workers.csv").stat().st_size > 0

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+import dataset
 import MBEM
 import noise_sim
 import settings
@@ -169,19 +170,6 @@ def test_presets_and_plan_parsing():
     assert config.algorithms == ["mv", "em"]  # one name for label-only EM, Dawid-Skene's accepted
 
 
-def test_selected_val_error_reads_the_final_stage():
-    history = [{"stage": 1, "val_acc": 0.9}, {"stage": 2, "val_acc": 0.5}, {"stage": 2, "val_acc": 0.6}]
-    assert MBEM.selected_val_error(history, "val") == pytest.approx(0.4)
-    assert MBEM.selected_val_error([dict(h, val_acc=0.5) for h in history[:1]], "last") == pytest.approx(0.5)
-    assert MBEM.selected_val_error([{"stage": 1}], "last") is None
-
-
-def test_top_k_error():
-    probs = np.array([[0.1, 0.5, 0.4], [0.6, 0.3, 0.1]])
-    assert MBEM.top_k_error(probs, np.array([2, 0]), 1) == 0.5
-    assert MBEM.top_k_error(probs, np.array([2, 0]), 2) == 0.0
-
-
 TORCH_SMOKE = ["--preset", "smoke", "--backend", "torch", "--no-compile", "--algorithms", "mv,wmv,mbem,clean"]
 
 
@@ -190,6 +178,7 @@ def torch_smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("torch") / "run"
     result = run(*TORCH_SMOKE, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
+    (out / "run.log").write_text(result.stdout + "\n--- stderr\n" + result.stderr)
     return out
 
 
@@ -202,7 +191,33 @@ def test_torch_backend_end_to_end(torch_smoke):
     assert results["versions"]["torch"].startswith("2.") and results["machine"]["cores"] >= 1
     error = {(c["redundancy"], c["algorithm"]): c["test_error"] for c in results["cells"]}
     assert error[1, "clean"] < 0.5 and error[1, "mv"] == error[1, "wmv"]
-    assert {"paired.csv", "worker_accuracy.png", "error_vs_redundancy.png"} <= set(os.listdir(torch_smoke))
+    assert {"paired.csv", "worker_accuracy.png", "error_vs_redundancy.png", "mbem_minus_baselines.png", "models",
+            "predictions"} <= set(os.listdir(torch_smoke))
+
+
+@pytest.mark.slow
+def test_a_long_run_shows_its_progress_and_keeps_each_epoch(torch_smoke):
+    """One sweep line per cell, one plain line per epoch in a log (stderr not a terminal: no bars),
+    and every cell's per-epoch history (two stages of 10 epochs) for learning curves."""
+    stdout, stderr = (torch_smoke / "run.log").read_text().split("\n--- stderr\n")
+    sweep = [line for line in stdout.splitlines() if line.startswith("[")]
+    assert len(sweep) == 8 and sweep[-1].startswith("[8 of 8 cells]") and sweep[-1].endswith("about 0 s left")
+    assert "\r" not in stderr and len([line for line in stdout.splitlines() if " epoch " in line]) >= 2 * 10 * 6
+    for cell in json.loads((torch_smoke / "results.json").read_text())["cells"]:
+        history = cell["history"]
+        assert len(history) == 20 and [h["stage"] for h in history] == [1] * 10 + [2] * 10
+        assert {"loss", "train_acc", "lr", "updates", "val_acc"} <= set(history[0])
+
+
+def test_dry_run_counts_cells_and_trainings_and_writes_nothing(tmp_path):
+    result = run(*TORCH_SMOKE, "--out", tmp_path / "x", "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "settings: dataset=digits" in result.stdout and "  cell seed 0 r 3 n 200 mbem" in result.stdout
+    # r = 1: MV and WMV one model, MBEM one, clean one; r = 3: four; two stages each
+    # images: (3 x 600 + 4 x 200) a stage-epoch, x 10 epochs x 2 stages
+    assert "8 cells, at most 14 trainings (2 stages each) of 10 epochs: 52,000 training images" in result.stdout
+    assert "img/s (3 timed batches of 50 here, fp32) about " in result.stdout
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow
@@ -232,9 +247,15 @@ def test_a_killed_run_resumes_to_the_same_result(torch_smoke, tmp_path):
     resumed = json.loads(path.read_text())["cells"]
     assert resumed[:len(kept)] == kept
     uninterrupted = json.loads((torch_smoke / "results.json").read_text())["cells"]
-    ignore = ("wall_seconds", "train_img_per_s")
-    assert [{k: v for k, v in c.items() if k not in ignore} for c in resumed] == \
-        [{k: v for k, v in c.items() if k not in ignore} for c in uninterrupted]
+    assert [untimed(c) for c in resumed] == [untimed(c) for c in uninterrupted]
+
+
+def untimed(cell):
+    """A cell without what the clock measured (its seconds and speeds, its epochs' too)."""
+    clock = ("wall_seconds", "train_img_per_s", "seconds", "img_per_s")
+    kept = {k: v for k, v in cell.items() if k not in clock}
+    kept["history"] = [{k: v for k, v in h.items() if k not in clock} for h in cell["history"]]
+    return kept
 
 
 def test_a_corrupt_or_foreign_results_file_is_named_and_kept(tmp_path):
@@ -361,7 +382,7 @@ def test_targets_within_float32_rounding_reuse_the_trained_model(monkeypatch):
     same float32 targets, so the cell reuses MV's model instead of a second full training. A real
     difference, another seed or other items train anew."""
     config = settings.preset("smoke", backend="torch", compile=False, epochs=1, two_stage=False, select_epoch="last")
-    experiment = MBEM.Experiment(config, MBEM.load(config))
+    experiment = MBEM.Experiment(config, dataset.load(config))
     calls = []
     train = experiment.trainer.train
     monkeypatch.setattr(experiment.trainer, "train", lambda *a, **k: calls.append(1) or train(*a, **k))

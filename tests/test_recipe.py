@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import dataset
 import MBEM
 import resnet_torch
 import settings
@@ -109,7 +110,7 @@ class RecordingTrainer:
 def test_release_loop_flags_reach_the_trainer(flags):
     config, _, _ = settings.parse(["--preset", "smoke", "--backend", "torch", "--epochs", "1", "--no-two-stage",
                                    *flags])
-    experiment = MBEM.Experiment(config, MBEM.load(config))
+    experiment = MBEM.Experiment(config, dataset.load(config))
     experiment.trainer = recorder = RecordingTrainer()
     items = experiment.pool[:100]
     experiment.fit(np.eye(10)[experiment.ds.train_labels[items]], items, 0, "t")

@@ -75,3 +75,15 @@ def test_select_epoch_needs_its_data():
     images = np.zeros((8, 3, 8, 8), dtype=np.uint8)
     with pytest.raises(ValueError, match="val"):
         resnet.train(images, np.eye(2)[np.zeros(8, int)], 2, depth=8, epochs=1, select_epoch="val", progress=False)
+
+
+def test_a_saved_model_loads_and_predicts_the_same(tmp_path):
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8)
+    model, _ = resnet.train(images, np.eye(3)[rng.integers(0, 3, 40)], 3, depth=8, epochs=1, batch_size=20, pad=0,
+                            progress=False)
+    path = str(tmp_path / ("cell" + resnet.MODEL_SUFFIX))
+    resnet.save_model(model, path, {"classes": ["a", "b", "c"], "depth": 8, "imagenet": False, "in_channels": 3})
+    loaded, meta = resnet.load_model(path)
+    assert meta["classes"] == ["a", "b", "c"]
+    assert np.allclose(resnet.predict_proba(loaded, images), resnet.predict_proba(model, images), atol=1e-6)
