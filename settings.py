@@ -131,6 +131,19 @@ def _copy(value):
     return list(value) if isinstance(value, list) else value
 
 
+CPU = dict(
+    backend="torch",
+    precision="auto",
+    budget=50000,
+    redundancy=[1, 3, 5],
+    algorithms=["mv", "wmv", "em", "mbem"],
+    two_stage=False,
+    epochs=10,
+    batch_size=128,
+    select_epoch="last",
+    seeds=[0, 1, 2],
+)
+
 PRESETS = {
     # The release's protocol exactly (../shared/PAPER.md), epoch chosen on the test set as released.
     "paper": dict(
@@ -140,18 +153,7 @@ PRESETS = {
         predict_augmented=True,
     ),
     # The release's network and budget on a CPU with the torch backend: docs/reproducing.md.
-    "cpu": dict(
-        backend="torch",
-        precision="auto",
-        budget=50000,
-        redundancy=[1, 3, 5],
-        algorithms=["mv", "wmv", "em", "mbem"],
-        two_stage=False,
-        epochs=10,
-        batch_size=128,
-        select_epoch="last",
-        seeds=[0, 1, 2],
-    ),
+    "cpu": CPU,
     # The first CPU reproduction (MXNet, ResNet-8, a 10,000-label budget), kept on record.
     "cpu-mxnet": dict(
         budget=10000,
@@ -166,16 +168,9 @@ PRESETS = {
     ),
     # CIFAR-10N's real human labels (cifar10n.py makes the CSV) at the cpu preset's settings: docs/real-labels.md.
     "cifar10n": dict(
-        backend="torch",
-        precision="auto",
-        budget=50000,
+        CPU,
         redundancy=[1, 3],
         algorithms=["mv", "wmv", "em", "mbem", "clean"],
-        two_stage=False,
-        epochs=10,
-        batch_size=128,
-        select_epoch="last",
-        seeds=[0, 1, 2],
     ),
     # The paper's ImageNet setting, for GPUs: docs/imagenet.md.
     "imagenet": dict(
