@@ -64,7 +64,8 @@ SETTINGS = (
     Setting("dataset", "cifar10", "cifar10 (downloaded), folder (--source, decoded into memory), digits, or imagenet "
             "(--source with train/<class>/ and val/<class>/ JPEGs, streamed; ResNet-18)",
             choices=("cifar10", "folder", "digits", "imagenet")),
-    Setting("source", None, "class-folder tree or .tar.gz of one (train/<class>/*, test/<class>/*)"),
+    Setting("source", None, "a folder or .tar.gz of images of one size: train/<class>/* give training images their "
+            "class, test/<class>/* the test set, any other image is a training image of unknown class"),
     Setting("annotations", None, "CSV of real labels (item, worker, label) instead of simulated workers; items "
             "name training images (<class>/<file> under train/, or CIFAR-10's official index)"),
     Setting("data_dir", None, "download and cache folder (default $MBEM_DATA or data/)", result=False),
@@ -287,7 +288,7 @@ def check(p, config, args):
     if config.redundancy and not config.budget:
         p.error("--redundancy needs --budget")
     if config.dataset in ("folder", "imagenet") and not config.source:
-        p.error(f"--dataset {config.dataset} needs --source PATH (a class-folder tree)")
+        p.error(f"--dataset {config.dataset} needs --source PATH (a folder or .tar.gz of images)")
     if config.source and not os.path.exists(config.source):
         p.error(f"--source {config.source}: no such folder or archive")
     try:

@@ -2,7 +2,11 @@
 
     <out>/results.json                       the settings, every finished cell, the provenance
     <out>/bootstrap/wmv-seed<s>-r<r>-n<n>.npz  the WMV model's predicted classes, MBEM's start
-    <out>/labels/<algorithm>-seed<s>-r<r>-*.csv  with real labels: posteriors and confusions
+    <out>/models/<cell>.pt or .params(.json)   each cell's final model (the trainer's load_model reads it)
+    <out>/predictions/<cell>.csv               that model's predictions on the images the cell trained on
+    <out>/labels/<cell>-*.csv                  with real labels: posteriors and confusions
+
+where <cell> is <algorithm>-seed<s>-r<r>.
 """
 
 import hashlib
