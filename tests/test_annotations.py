@@ -124,6 +124,7 @@ def test_mbem_on_real_labels_end_to_end(labelled_tree, tmp_path):
      "a redundancy of 2 is above what the annotations have: at most 1 labels per image"),
     ([("a/0.png", "w", "a"), ("a/1.png", "w", "b")], ["--algorithms", "oracle"], "needs simulated workers"),
 ])
+@pytest.mark.slow
 def test_bad_annotations_are_one_line(labelled_tree, tmp_path, rows, flags, message):
     root, _ = labelled_tree
     answers = tmp_path / "bad.csv"

@@ -154,6 +154,7 @@ def test_dawid_skene_needs_an_iteration():
         aggregation.dawid_skene(ann, max_iter=0)
 
 
+@pytest.mark.slow
 def test_mbem_from_a_models_probabilities_and_accuracy_on_known_truth(tmp_path):
     """--method mbem with the majority vote's posterior CSV as the model: the paper's step from its
     argmax; --truth prints the accuracy on the items it covers (Dawid-Skene: 0.8426 on dog, as
@@ -221,6 +222,7 @@ def test_another_delimiter_is_named(tmp_path, delimiter, name):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_max_iter_before_convergence_warns(answers, tmp_path):
     path, _ = answers
     result = run(path, "--max-iter", "2", "--out", tmp_path / "out.csv")

@@ -209,6 +209,7 @@ def test_a_long_run_shows_its_progress_and_keeps_each_epoch(torch_smoke):
         assert {"loss", "train_acc", "lr", "updates", "val_acc"} <= set(history[0])
 
 
+@pytest.mark.slow
 def test_dry_run_counts_cells_and_trainings_and_writes_nothing(tmp_path):
     result = run(*TORCH_SMOKE, "--out", tmp_path / "x", "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -258,6 +259,7 @@ def untimed(cell):
     return kept
 
 
+@pytest.mark.slow
 def test_a_corrupt_or_foreign_results_file_is_named_and_kept(tmp_path):
     for text in ('{"config": {', '["not", "ours"]', '{"config": {}, "cells": 3}'):
         out = tmp_path / "x"
