@@ -186,9 +186,10 @@ def read_class_folders(source, progress=True):
     for entries in found.values():
         entries.sort(key=lambda e: (e[0], e[1]))  # a fixed order whatever the file system lists
     other.sort(key=lambda e: e[0].split("/"))
-    train = [(f"{c}/{name}", classes.index(c), pixels) for c, name, pixels in found["train"]]
+    rank = {c: k for k, c in enumerate(classes)}
+    train = [(f"{c}/{name}", rank[c], pixels) for c, name, pixels in found["train"]]
     train += [(name, -1, pixels) for name, pixels in other]
-    test = [(f"test/{c}/{name}", classes.index(c), pixels) for c, name, pixels in found["test"]]
+    test = [(f"test/{c}/{name}", rank[c], pixels) for c, name, pixels in found["test"]]
     names = [name for name, _, _ in train]
     if len(set(names)) != len(names):
         raise ValueError(f"{source}: two training images share a name (a class folder under train/ and a folder "
