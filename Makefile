@@ -63,6 +63,11 @@ results: setup
 	$(RUN) --preset cpu --algorithms wmv,mbem --redundancy 5 --epoch-images all --out results/cpu-release-loop
 	$(BIN)/python cifar10n.py $(CIFAR10N) --items jpeg --out data/cifar10n-jpeg.csv
 	$(RUN) --preset cifar10n --annotations data/cifar10n-jpeg.csv
+	@# The paper's other three panels, the cpu preset's protocol with other workers (results/cpu is the first)
+	$(RUN) --preset cpu --gamma 0.6 --out results/hammer-spammer-gamma0.6
+	$(RUN) --preset cpu --worker-model class-wise --out results/class-wise-gamma0.2
+	$(RUN) --preset cpu --worker-model class-wise --gamma 0.6 --out results/class-wise-gamma0.6
+	$(BIN)/python paper_figure.py
 
 clean:
 	rm -rf $(VENV) $(TORCH_VENV) .pytest_cache .ruff_cache

@@ -196,6 +196,34 @@ def test_torch_backend_end_to_end(torch_smoke):
 
 
 @pytest.mark.slow
+def test_class_wise_workers_with_many_hammers_end_to_end(tmp_path):
+    """The paper's 6_chs panel in small: class-wise workers, gamma 0.6, through the whole pipeline.
+    Each (worker, class) row is a hammer or a spammer on its own, so a worker's true accuracy is
+    the mean of its confusion's diagonal, and single labels are right about 0.6 + 0.4 * 0.11."""
+    out = tmp_path / "run"
+    result = run("--preset", "smoke", "--backend", "torch", "--no-compile", "--worker-model", "class-wise",
+                 "--gamma", "0.6", "--algorithms", "mv,wmv,em,mbem", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["worker_model"] == "class-wise" and len(results["cells"]) == 2 * 4
+    config = results["config"]
+    confusions = noise_sim.simulate_workers(config["workers"], 10, 0.6, np.random.default_rng(0), "class-wise")
+    diagonal = confusions[:, np.arange(10), np.arange(10)]
+    assert 0.15 < diagonal.std(axis=1).mean()  # accuracy differs by class within a worker
+    cells = {(c["redundancy"], c["algorithm"]): c for c in results["cells"]}
+    true = cells[1, "mbem"]["worker_accuracy_true"]
+    active = [w for w, t in enumerate(true) if t is not None]
+    assert np.allclose([true[w] for w in active], diagonal.mean(axis=1)[active], atol=1e-5)
+    assert abs(cells[1, "mv"]["label_accuracy"] - diagonal.mean()) < 0.06  # single labels: the mean diagonal
+    assert cells[3, "mv"]["label_accuracy"] > cells[1, "mv"]["label_accuracy"]  # three votes beat one
+    # at r = 1 majority vote sees no disagreement, so WMV takes every worker for far better than it is
+    # (each agrees with itself); the paper's claim 3 starts here
+    wmv = [cells[1, "wmv"]["worker_accuracy"][w] for w in active]
+    assert np.mean(wmv) - np.mean([true[w] for w in active]) > 0.15
+    assert all(cells[r, a]["worker_accuracy_mae"] is not None for r in (1, 3) for a in ("wmv", "em", "mbem"))
+
+
+@pytest.mark.slow
 def test_a_long_run_shows_its_progress_and_keeps_each_epoch(torch_smoke):
     """One sweep line per cell, one plain line per epoch in a log (stderr not a terminal: no bars),
     and every cell's per-epoch history (two stages of 10 epochs) for learning curves."""

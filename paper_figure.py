@@ -1,0 +1,261 @@
+"""The paper's figure, all four panels: MV, WMV, label-only EM and MBEM on CIFAR-10 beside the
+paper's own ImageNet curves, and the paper's three claims judged panel by panel.
+
+    python paper_figure.py            # the four results folders below and ../shared's CSV
+    python paper_figure.py A B --paper imagenet-figure.csv --out results/paper-figure.png
+
+The release plotted four settings (its files 2_hs, 2_chs, 6_hs, 6_chs): hammer-spammer and
+class-wise hammer-spammer workers, each with gamma 0.2 and 0.6. Each results folder given is one
+panel, found by its config's worker model and gamma; a panel without a folder is drawn empty and
+says so, and a folder still running shows the seeds it has. Top row: ours, top-1 test error, the
+mean and 95% t-interval over seeds. Bottom row: the paper's ImageNet top-1 error as read from the
+release's plots (no label-only EM there). A different dataset and network: compare the shapes
+(does every method's error rise with r, is MBEM lowest at every r, how large is its lead), not
+the levels.
+
+Writes the figure and, beside it, a CSV of every plotted point; prints per panel the shapes and
+the three claims:
+  1. MBEM's error is below MV's and WMV's at every r (seed by seed, 95% t-interval);
+  2. every method's best redundancy is 1 (each at r = 1 minus itself at each larger r);
+  3. at r = 1 label-only EM cannot estimate the workers and MBEM can (the mean absolute error of
+     the per-worker accuracy estimates, MBEM minus EM seed by seed).
+"""
+
+import argparse
+import csv
+import json
+import os
+
+import numpy as np
+
+import report
+from cli import InputError, Parser, output_problem
+
+PANELS = [("hammer-spammer", 0.2), ("class-wise", 0.2), ("hammer-spammer", 0.6), ("class-wise", 0.6)]
+RELEASE_FILE = {("hammer-spammer", 0.2): "2_hs", ("class-wise", 0.2): "2_chs",
+                ("hammer-spammer", 0.6): "6_hs", ("class-wise", 0.6): "6_chs"}
+FOLDERS = ["results/cpu", "results/class-wise-gamma0.2", "results/hammer-spammer-gamma0.6",
+           "results/class-wise-gamma0.6"]
+PAPER_CSV = "../shared/data/paper-figure/imagenet-figure.csv"
+ALGORITHMS = ("mv", "wmv", "em", "mbem")
+COLOR = {a: f"C{i}" for i, a in enumerate(ALGORITHMS)}
+PANEL_KEYS = {"worker_model", "gamma", "out"}  # what may differ between the panels' configs
+
+
+# ----------------------------------------------------------------------------- reading
+
+def read_panels(folders):
+    """{(worker_model, gamma): results} from each folder's results.json; one line for a folder that
+    is missing, holds no run, or repeats a panel."""
+    panels = {}
+    for folder in folders:
+        path = os.path.join(folder, "results.json")
+        if not os.path.isfile(path):
+            raise InputError(f"{folder}: no results.json (run MBEM.py with --out {folder} first)")
+        with open(path) as f:
+            results = json.load(f)
+        key = (results["config"]["worker_model"], float(results["config"]["gamma"]))
+        if key not in RELEASE_FILE:
+            raise InputError(f"{folder}: {key[0]} workers with gamma {key[1]} are not one of the paper's four panels")
+        if key in panels:
+            raise InputError(f"{folder}: a second folder for {key[0]}, gamma {key[1]}")
+        panels[key] = results
+    return panels
+
+
+def protocol_differences(panels):
+    """The settings, other than the workers, in which the panels' runs differ (they should not)."""
+    configs = [{k: v for k, v in r["config"].items() if k not in PANEL_KEYS} for r in panels.values()]
+    return sorted({k for c in configs[1:] for k in c if c[k] != configs[0].get(k)})
+
+
+def read_paper(path, metric="top-1"):
+    """{(worker_model, gamma): {algorithm: {r: error}}} of one metric from the shared CSV."""
+    paper = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["metric"] == metric:
+                panel = paper.setdefault((row["worker_model"], float(row["gamma"])), {})
+                panel.setdefault(row["algorithm"], {})[int(row["redundancy"])] = float(row["test_error"])
+    return paper
+
+
+# ----------------------------------------------------------------------------- measures
+
+def interval(values):
+    """(mean, low, high): the 95% t-interval of the mean over seeds; no interval from one seed."""
+    d = report.difference(range(len(values)), values)
+    return d["mean"], d["ci_low"], d["ci_high"]
+
+
+def means(cells, metric="test_error"):
+    """{algorithm: {r: mean over seeds}}."""
+    return {a: {r: float(np.mean(v)) for r, v in by_r.items()} for a, by_r in report.summarise(cells, metric).items()}
+
+
+def shape(curves):
+    """The shape of a panel's curves {algorithm: {r: error}}: each method's best r, the r where
+    MBEM is below MV and WMV (the paper's panels have no label-only EM), and MBEM's lead over MV
+    and WMV (their error minus MBEM's) at the smallest r."""
+    rs = sorted({r for by_r in curves.values() for r in by_r})
+    best = {a: min(by_r, key=by_r.get) for a, by_r in curves.items()}
+    lowest = [r for r in rs if "mbem" in curves and r in curves["mbem"]
+              and all(curves[b][r] >= curves["mbem"][r] for b in ("mv", "wmv") if b in curves and r in curves[b])]
+    lead = {b: curves[b][rs[0]] - curves["mbem"][rs[0]] for b in ("mv", "wmv")
+            if rs and b in curves and "mbem" in curves and rs[0] in curves[b] and rs[0] in curves["mbem"]}
+    return {"rs": rs, "best_r": best, "mbem_lowest_at": lowest, "lead_at_smallest_r": lead}
+
+
+def verdict(diffs):
+    """Do all these differences (report.difference dicts; negative: the claim holds) agree with
+    the claim? 'yes' when every 95% interval lies below zero, 'in sign only' when every mean does
+    but an interval reaches zero (or one seed gives none), else 'no' with how many are against."""
+    if not diffs:
+        return "not run"
+    if against := sum(d["mean"] >= 0 for d in diffs):
+        return f"no ({against} of {len(diffs)} mean differences at or above 0)"
+    if all(d["ci_high"] is not None and d["ci_high"] < 0 for d in diffs):
+        return "yes (every 95% interval below 0)"
+    return "in sign only (every mean below 0, not every 95% interval)"
+
+
+def claims(cells):
+    """The paper's three claims on one panel's cells: {claim: (verdict, [(label, difference)])}."""
+    rs = sorted({c["redundancy"] for c in cells})
+    value, mae = report.by_cell(cells), report.by_cell(cells, "worker_accuracy_mae")
+    below = [(f"MBEM - {b.upper()} r={r}", d) for b in ("mv", "wmv") for r in rs
+             if (d := report.compare(value, "mbem", r, b, r))]
+    budget = [(f"{a} r={rs[0]} - {a} r={r}", d) for a in ALGORITHMS for r in rs[1:]
+              if (d := report.compare(value, a, rs[0], a, r))]
+    workers = [(f"worker MAE MBEM - EM r={rs[0]}", d) for d in [report.compare(mae, "mbem", rs[0], "em", rs[0])] if d] \
+        if rs else []
+    return {"1. MBEM below MV and WMV at every r": (verdict([d for _, d in below]), below),
+            "2. every method's best r is 1": (verdict([d for _, d in budget]), budget),
+            "3. at r = 1 MBEM estimates workers, label-only EM cannot": (verdict([d for _, d in workers]), workers)}
+
+
+# ----------------------------------------------------------------------------- what it prints and writes
+
+def format_shape(name, s):
+    best = ", ".join(f"{a} {r}" for a, r in s["best_r"].items())
+    lowest = ",".join(map(str, s["mbem_lowest_at"])) or "none"
+    lead = ", ".join(f"{b.upper()} {v:+.3f}" for b, v in s["lead_at_smallest_r"].items())
+    return (f"  {name:<15} best r: {best:<34} MBEM below MV, WMV at r = {lowest:<12} MBEM's lead at r = "
+            f"{s['rs'][0]}: {lead}")
+
+
+def format_difference(label, d):
+    ci = "" if d["ci_low"] is None else f" [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+    return f"      {label:<26} {d['mean']:+.4f}{ci}  {d['wins']} of {len(d['seeds'])} seeds"
+
+
+def format_panel(key, results, paper_curves):
+    head = f"\n{key[0]} workers, gamma {key[1]} (the release's {RELEASE_FILE[key]})"
+    if results is None:
+        return head + ": no results folder"
+    cells = results["cells"]
+    seeds = sorted({c["seed"] for c in cells})
+    lines = [head + f": {results['config']['out']}, {len(cells)} cells, seeds {','.join(map(str, seeds))} "
+                    f"of {','.join(map(str, results['config']['seeds']))}"]
+    if paper_curves:
+        lines.append(format_shape("ImageNet paper", shape(paper_curves)))
+    if cells:
+        lines.append(format_shape("CIFAR-10 ours", shape(means(cells))))
+    for claim, (answer, diffs) in claims(cells).items():
+        lines.append(f"  claim {claim}: {answer}")
+        lines += [format_difference(label, d) for label, d in diffs]
+    return "\n".join(lines)
+
+
+def points(panels, paper):
+    """Every plotted point, ours (mean and 95% interval) and the paper's, as CSV rows."""
+    rows = []
+    for key in PANELS:
+        for algorithm, by_r in report.summarise(panels[key]["cells"]).items() if key in panels else []:
+            for r, values in sorted(by_r.items()):
+                mean, low, high = interval(values)
+                rows.append({"source": "ours, CIFAR-10", "worker_model": key[0], "gamma": key[1],
+                             "algorithm": algorithm, "redundancy": r, "seeds": len(values),
+                             "test_error": round(mean, 5),
+                             "ci_low": None if low is None else round(low, 5),
+                             "ci_high": None if high is None else round(high, 5)})
+        for algorithm, by_r in paper.get(key, {}).items():
+            rows += [{"source": "paper, ImageNet", "worker_model": key[0], "gamma": key[1], "algorithm": algorithm,
+                      "redundancy": r, "test_error": e} for r, e in sorted(by_r.items())]
+    return rows
+
+
+def plot(panels, paper, out):
+    plt = report.pyplot()
+    rows = 2 if paper else 1
+    fig, axes = plt.subplots(rows, len(PANELS), figsize=(4 * len(PANELS), 3.6 * rows), squeeze=False,
+                             sharex="col", sharey="row")  # one r axis per panel: the shapes line up
+    for col, key in enumerate(PANELS):
+        ax = axes[0, col]
+        results = panels.get(key)
+        cells = results["cells"] if results else []
+        ours = report.summarise(cells)
+        for algorithm in (a for a in ALGORITHMS if a in ours):
+            by_r = ours[algorithm]
+            rs = sorted(by_r)
+            stats = [interval(by_r[r]) for r in rs]
+            err = [[0 if lo is None else m - lo for m, lo, _ in stats],  # one seed: no interval
+                   [0 if hi is None else hi - m for m, _, hi in stats]]
+            ax.errorbar(rs, [m for m, _, _ in stats], yerr=err, marker="o", capsize=3, color=COLOR[algorithm],
+                        label=report.NAMES[algorithm])
+        done = len({c["seed"] for c in cells})
+        planned = len(results["config"]["seeds"]) if results else 0
+        seeds = f"{done} of {planned} seeds" if done < planned else f"{done} seeds"
+        ax.set_title(f"{key[0]}, gamma {key[1]}\nours: CIFAR-10, " + (seeds if results else "not run"), fontsize=9)
+        if not cells:
+            ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        if paper:
+            bottom = axes[1, col]
+            for algorithm, by_r in paper.get(key, {}).items():
+                rs = sorted(by_r)
+                bottom.plot(rs, [by_r[r] for r in rs], marker="s", color=COLOR[algorithm],
+                            label=report.NAMES[algorithm])
+            bottom.set_title(f"paper: ImageNet ({RELEASE_FILE[key]})", fontsize=9)
+        axes[-1, col].set_xlabel("redundancy r, fixed budget")
+    for ax in axes.ravel():
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("top-1 test error\n(mean, 95% t-interval)")
+    axes[0, 0].legend(fontsize=8)
+    if paper:
+        axes[1, 0].set_ylabel("top-1 test error")
+        axes[1, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", nargs="*", help=f"results folders, one per panel (default: those of {', '.join(FOLDERS)} "
+                   "that hold a results.json)")
+    p.add_argument("--paper", default=PAPER_CSV, help="the paper's points (default: %(default)s); "
+                   "its row is left out when the file is not there")
+    p.add_argument("--out", default="results/paper-figure.png",
+                   help="the figure, its CSV beside it (default: %(default)s)")
+    args = p.parse_args(argv)
+    if problem := output_problem(args.out):
+        p.error(f"--out {args.out}: {problem}")
+    try:
+        panels = read_panels(args.folders or [f for f in FOLDERS if os.path.isfile(os.path.join(f, "results.json"))])
+    except InputError as e:
+        p.error(str(e))
+    paper = read_paper(args.paper) if os.path.isfile(args.paper) else {}
+    if not paper:
+        print(f"note: {args.paper} not found: the paper's row is left out")
+    if differ := protocol_differences(panels):
+        print(f"warning: the panels' runs differ in {', '.join(differ)}: their shapes do not compare")
+    plot(panels, paper, args.out)
+    table = os.path.splitext(args.out)[0] + ".csv"
+    report.write_csv(table, points(panels, paper), ["source", "worker_model", "gamma", "algorithm", "redundancy",
+                                                    "seeds", "test_error", "ci_low", "ci_high"])
+    for key in PANELS:
+        print(format_panel(key, panels.get(key), paper.get(key)))
+    print(f"\nwrote {args.out} and {table}")
+
+if __name__ == "__main__":
+    main()
