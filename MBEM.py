@@ -152,22 +152,28 @@ class Experiment:
             raise RunError("no test set: --source needs test/<class>/<image> for a test error (with real labels and "
                            "no test set, use --select-epoch last)")
 
-    def fit(self, targets, items, seed, tag, grouped=None):
+    def fit(self, targets, items, seed, tag, grouped=None, crowd=None):
         """Train on soft targets (twice when two-stage). Returns a Trained.
 
         With epoch_images "all" (the release) the network also sees the rest of the training pool,
         after the labelled items, with all-zero targets: no loss gradient, but BatchNorm statistics
         and optimizer steps, as the release's iterator over all 50,000 images gives them.
         With `grouped` the targets are n x g (each item's group: agg.Grouped), assembled into K
-        classes batch by batch, and the training items' probabilities come back n x g too."""
+        classes batch by batch, and the training items' probabilities come back n x g too.
+        crowd = (head, workers, labels) trains end to end on the labels instead (resnet_torch.train),
+        never taken for another training on the same targets."""
         key, given = (seed, store.digest(items)), np.asarray(targets)
-        for done, result in self.trained.get(key, []):
+        for done, result in self.trained.get(key, []) if crowd is None else []:
             if done.shape == given.shape and np.abs(done - given).max() <= SAME_TARGETS:
                 return result
         c, ds, trainer = self.config, self.ds, self.trainer
         labelled = ds.train_images[items]
         images = ds.train_images[self.pool] if c.epoch_images == "all" else labelled
         options = {"imagenet": True, "milestones": IMAGENET_DROPS} if self.imagenet else {}
+        if crowd is not None:  # each image's labels, the rest of the pool (epoch_images all) with none
+            head, workers, labels = crowd
+            pad = np.full((len(images) - len(items), workers.shape[1]), -1)
+            options["crowd"] = (head, np.concatenate([workers, pad]), np.concatenate([labels, pad]))
         history = []
         for stage in range(2 if c.two_stage else 1):
             if grouped is not None:
@@ -182,12 +188,14 @@ class Experiment:
                                      pad=c.augment_pad, shuffle=c.shuffle, precision=self.precision,
                                      compile=c.compile, desc=f"{tag} stage {stage + 1}", **options)
             history += [dict(record, stage=stage + 1) for record in h]
+            options.pop("crowd", None)  # a second stage trains on the first's predictions
             augment = {"pad": c.augment_pad, "rng": np.random.default_rng([seed, stage])} if c.predict_augmented else {}
             train_probs = trainer.predict_proba(model, labelled, columns=grouped and grouped.columns, **augment)
             targets = agg.one_hot(train_probs.argmax(axis=1), train_probs.shape[1])  # the second stage's targets
         test_probs = trainer.predict_proba(model, ds.test_images) if len(ds.test_images) else None
         result = Trained(train_probs, test_probs, history, model)
-        self.trained.setdefault(key, []).append((given.copy(), result))
+        if crowd is None:
+            self.trained.setdefault(key, []).append((given.copy(), result))
         return result
 
     def labels(self, seed, r, n, workers):
@@ -246,10 +254,10 @@ class Experiment:
         ann, k = (grouped.local, c.group_size) if grouped else (ann, self.K)
         classes = grouped.classes if grouped else (lambda hard: hard)
 
-        def fit(targets, tag):
-            return self.fit(targets, items, seed, f"seed {seed} r {r} {tag}", grouped)
+        def fit(targets, tag, crowd=None):
+            return self.fit(targets, items, seed, f"seed {seed} r {r} {tag}", grouped, crowd)
 
-        extra = {}
+        extra, estimated = {}, None
         if algorithm == "mbem":
             bootstrap = self.bootstrap_model(seed, r, n, ann, fit)
             targets, confusions, trained, posteriors = mbem(
@@ -258,6 +266,8 @@ class Experiment:
             extra["rounds"] = [{"label_accuracy": accuracy(hard),
                                 "top_class_share": float(np.bincount(hard).max() / len(hard))}
                                for hard in (classes(p.argmax(axis=1)) for p in posteriors)]
+        elif algorithm in agg.FIELD:
+            trained, targets, confusions, estimated = self.field_method(algorithm, ann, fit)
         else:
             if algorithm in agg.LABEL_ONLY:
                 result = agg.aggregate(ann, algorithm, rng)
@@ -278,7 +288,8 @@ class Experiment:
                   "test_error": None if test_probs is None else report.top_k_error(test_probs, ds.test_labels, 1),
                   "val_error": report.selected_val_error(history, c.select_epoch),
                   "label_accuracy": accuracy(classes(targets.argmax(axis=1))),
-                  **report.worker_fields(ann, confusions, true_accuracy, None if self.real is None else targets),
+                  **report.worker_fields(ann, confusions, true_accuracy, None if self.real is None else targets,
+                                         estimated),
                   "epochs": len(history), "backend": c.backend, "precision": self.precision,
                   "wall_seconds": time.perf_counter() - start,
                   "train_img_per_s": float(np.mean([h["img_per_s"] for h in history])), **extra,
@@ -288,6 +299,24 @@ class Experiment:
         if self.writer:
             self.write_cell(f"{algorithm}-seed{seed}-r{r}", items, targets, confusions, trained, grouped)
         return record
+
+    def field_method(self, algorithm, ann, fit):
+        """A cell of the field's methods (crowd_methods.py; torch and the optional libraries are
+        imported here only): (Trained, targets, confusions, estimated worker accuracy)."""
+        import crowd_methods
+
+        if algorithm == "crowdlab":  # from the model MBEM starts from (WMV's; trained once per labels)
+            bootstrap = fit(agg.weighted_majority_vote(ann), "wmv").train_probs
+            try:
+                targets, estimated = crowd_methods.crowdlab(ann, bootstrap)
+            except ValueError as err:
+                raise RunError(f"crowdlab: {err}") from err
+            return fit(targets, "crowdlab"), targets, None, estimated
+        # every (item, worker, label) through a crowd head; WMV's targets count the training accuracy only
+        module = crowd_methods.HEADS[algorithm](self.K, ann.m)
+        trained = fit(agg.weighted_majority_vote(ann), algorithm, crowd=(module, *crowd_methods.padded(ann)))
+        # no aggregate is trained on: the labels it infers are the network's own on its items
+        return trained, trained.train_probs, module.confusions(), None
 
     def write_cell(self, name, items, targets, confusions, trained, grouped):
         """The cell's model under models/, that model's predictions on the images it trained on under
@@ -346,6 +375,11 @@ def shown(value, digits):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def runs(r, algorithm):
+    """Whether a cell can run: CROWDLAB cannot at r = 1 (cleanlab refuses items with one label each)."""
+    return not (algorithm == "crowdlab" and r == 1)
+
+
 def order(algorithms):
     """The order cells run in: as given, but MBEM right after WMV, whose model it bootstraps from
     (so the comparison the paper is about lands first in a long run)."""
@@ -376,11 +410,14 @@ def main(argv=None):
     results["commit"], results["versions"], results["machine"] = store.environment()
     ds = data.load(config)
     experiment = Experiment(config, ds, writer=rank == 0)
-    todo = [(s, r, n, a) for s in config.seeds for r, n in experiment.plan for a in order(config.algorithms)]
+    todo = [(s, r, n, a) for s in config.seeds for r, n in experiment.plan for a in order(config.algorithms)
+            if runs(r, a)]
     left = [cell for cell in todo if cell not in done]
     if args.dry_run:
         return dry_run(config, experiment, left)
     if rank == 0:
+        if any(not runs(r, a) for r, _ in experiment.plan for a in config.algorithms):
+            print("crowdlab: no r = 1 cells (cleanlab refuses items that have one label each)", flush=True)
         print(f"{len(left)} of {len(todo)} cells to run; results in {config.out}", flush=True)
     work, started = {cell: cell[2] * (config.rounds if cell[3] == "mbem" else 1) for cell in left}, time.time()
     for seed in config.seeds:
@@ -390,7 +427,7 @@ def main(argv=None):
         for r, n in experiment.plan:
             items, ann, true_accuracy = experiment.labels(seed, r, n, workers)
             for algorithm in order(config.algorithms):
-                if (seed, r, n, algorithm) in done:
+                if (seed, r, n, algorithm) in done or not runs(r, algorithm):
                     continue
                 start = time.perf_counter()
                 record = experiment.cell(seed, r, n, algorithm, workers, items, ann, true_accuracy)

@@ -1,5 +1,6 @@
 # make setup | make test | make test-fast | make demo | make bench | make results
 # make setup-torch | make test-torch: a second environment, PyTorch with numpy 2 and no MXNet
+# make extras: the optional libraries of the field's methods (crowd_methods.py) in the first
 PY := python3.11
 # PyTorch for --backend torch: the CPU build by default; a GPU machine overrides it, e.g.
 #   make setup TORCH=torch==2.13.0   (PyPI's Linux wheel of torch is the CUDA build)
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 TORCH_VENV := .venv-torch
 TORCH_STAMP := $(TORCH_VENV)/.installed
 
-.PHONY: setup setup-torch test test-fast test-torch demo bench results clean
+.PHONY: setup setup-torch extras test test-fast test-torch demo bench results clean
 
 setup: $(STAMP)
 
@@ -21,14 +22,21 @@ $(STAMP): requirements.txt requirements-dev.txt Makefile
 	touch $(STAMP)
 
 # The torch-only environment: current numpy 2, scipy, pandas and PyTorch, no MXNet (which stops at
-# Python 3.11 and numpy < 1.24); the tests that need MXNet skip there, each with its reason.
+# Python 3.11 and numpy < 1.24), with the optional libraries of the field's methods; the tests that
+# need MXNet skip there, each with its reason.
 setup-torch: $(TORCH_STAMP)
 
-$(TORCH_STAMP): requirements-torch.txt requirements-dev.txt Makefile
+$(TORCH_STAMP): requirements-torch.txt requirements-extra.txt requirements-dev.txt Makefile
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found" >&2; exit 1; }
 	$(PY) -m venv $(TORCH_VENV)
-	$(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-torch.txt -r requirements-dev.txt $(TORCH)
+	$(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-torch.txt \
+		-r requirements-extra.txt -r requirements-dev.txt $(TORCH)
 	touch $(TORCH_STAMP)
+
+# CROWDLAB, Crowd Layer and CoNAL (MBEM.py --algorithms crowdlab,crowdlayer,conal) in the MXNet
+# environment: cleanlab and crowd-kit, about 330 MB with what crowd-kit brings.
+extras: setup
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-extra.txt
 
 test-torch: setup-torch
 	$(TORCH_VENV)/bin/python -m pytest -rs

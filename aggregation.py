@@ -29,8 +29,12 @@ METHODS = {  # name: what a report calls it
     "mbem": "MBEM",
     "oracle": "oracle confusions",
     "clean": "clean labels",
+    "crowdlab": "CROWDLAB",  # the field's methods, beside MBEM: crowd_methods.py
+    "crowdlayer": "Crowd Layer",
+    "conal": "CoNAL",
 }
 LABEL_ONLY = ("mv", "wmv", "em")  # the methods that need nothing but the labels (`aggregate`)
+FIELD = ("crowdlab", "crowdlayer", "conal")  # later methods, each from an optional library: crowd_methods.py
 ALIASES = {"ds": "em"}  # Dawid-Skene, as crowd-kit names label-only EM
 
 

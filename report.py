@@ -32,7 +32,7 @@ NAMES = METHODS  # what a table or figure calls each method
 CSV_COLUMNS = ["redundancy", "n", "algorithm", "seed", "test_error", "test_error_top5", "val_error",
                "label_accuracy", "worker_accuracy_mae", "epochs", "backend", "precision", "wall_seconds",
                "train_img_per_s"]
-BASELINES = ("wmv", "mv", "em")  # MBEM is compared with each of these
+BASELINES = ("wmv", "mv", "em", *agg.FIELD)  # MBEM is compared with each of these that a run has
 
 
 # ----------------------------------------------------------------------------- a cell's measures
@@ -50,18 +50,21 @@ def selected_val_error(history, select_epoch):
     return 1 - (max(h["val_acc"] for h in final) if select_epoch == "val" else final[-1]["val_acc"])
 
 
-def worker_fields(ann, confusions, true_accuracy, item_dist=None):
+def worker_fields(ann, confusions, true_accuracy, item_dist=None, estimated=None):
     """Per-worker accuracy, estimated and true, for the workers who gave a label (None for the
     others), and the mean absolute error between them; all None for an algorithm without
     confusions. Simulated workers: the mean of the confusion diagonal, estimated and true. Real
     workers (item_dist, the cell's targets, given): the estimated share of their labels that are
-    right, as their empirical accuracy counts (`worker_accuracy_kind` says which)."""
-    if confusions is None:
+    right, as their empirical accuracy counts (`worker_accuracy_kind` says which). `estimated`
+    gives the estimates directly instead (CROWDLAB's quality scores)."""
+    if confusions is None and estimated is None:
         return {"worker_accuracy_mae": None}
     active = np.bincount(ann.workers, minlength=ann.m) > 0
     if true_accuracy is None:  # real labels on images of unknown class: estimates alone
         true_accuracy = np.full(ann.m, np.nan)
-    if item_dist is None:
+    if estimated is not None:
+        kind = "quality score"
+    elif item_dist is None:
         estimated, kind = agg.worker_accuracy(confusions), "mean confusion diagonal"
     else:
         estimated, kind = agg.labels_right(ann, confusions, item_dist), "share of labels right"

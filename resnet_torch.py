@@ -40,6 +40,7 @@ import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812 (the universal spelling)
 from torch import nn
 
+from crowd_methods import crowd_loss
 from pipeline import (
     BN_EPS,
     BN_MOMENTUM,
@@ -270,12 +271,17 @@ def nag(net, lr):
 
 def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
           select_epoch="last", val=None, test=None, pad=4, shuffle=True, precision="fp32", compile=False,
-          progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS):
+          progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS, crowd=None):
     """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image
     that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
     The arguments are resnet.train's; precision 'bf16' autocasts, compile runs torch.compile.
-    Returns (model, history), history as pipeline.Epochs keeps it."""
+    crowd = (head, workers, labels) trains end to end on every label instead (Crowd Layer,
+    CoNAL: crowd_methods.py): the head maps the network's output to each worker's answer, and
+    workers and labels (n x slots, -1 for none) give each image's labels; the targets then only
+    count the training accuracy. Returns (model, history), history as pipeline.Epochs keeps it."""
     rank, world = distributed()
+    if crowd is not None and world > 1:
+        raise ValueError("a crowd head trains in one process (its matrices are not synchronised across GPUs)")
     batch_size = min(batch_size, len(images))
     if batch_size % world:
         raise ValueError(f"batch size {batch_size} does not split evenly over {world} processes")
@@ -286,7 +292,14 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
     trained = net if world == 1 else nn.parallel.DistributedDataParallel(net, device_ids=None if device.type == "cpu"
                                                                          else [device])
     step_fn = model.forward if world == 1 else trained  # DDP runs the eager module (compiled DDP is a later step)
-    optimizer = nag(net, lr)
+    optimizer, head = nag(net, lr), None
+    if crowd is not None:
+        head = crowd[0].to(device)
+        with torch.no_grad():  # one pass materialises lazy layers (crowd-kit's CoNAL) before Adam takes them
+            head(torch.zeros(1, classes, device=device), torch.zeros(1, net.output.in_features, device=device),
+                 torch.zeros(1, 1, dtype=torch.long, device=device))
+        # the crowd matrices learn as their papers train them (Adam, the head's LR); the network keeps NAG
+        head_optimizer = torch.optim.Adam(head.parameters(), lr=head.LR)
     steps = len(images) // batch_size
     drops = update_steps(steps * epochs, milestones)
     log = Epochs(select_epoch, val, test, desc, epochs, progress and not rank)
@@ -300,12 +313,23 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(lr, update, drops)
             x, q = model.tensor(x[local]), torch.from_numpy(rows(targets, idx[local])).to(device)
-            with model.autocast():
-                logits = step_fn(x)
-            per_item, log_probs = soft_target_loss(logits, q)
+            if head is None:
+                with model.autocast():
+                    logits = step_fn(x)
+                per_item, log_probs = soft_target_loss(logits, q)
+            else:  # the network's parts, for the pooled features CoNAL reads
+                with model.autocast():
+                    features = net.features(net.bn_data(x))
+                    logits = net.output(features)
+                workers, labels = (torch.from_numpy(a[idx[local]]).to(device) for a in crowd[1:])
+                per_item = crowd_loss(head, logits, features, workers, labels)
+                log_probs = F.log_softmax(logits.float(), dim=1)
+                head_optimizer.zero_grad(set_to_none=True)
             optimizer.zero_grad(set_to_none=True)
             per_item.mean().backward()
             optimizer.step()
+            if head is not None:
+                head_optimizer.step()
             with torch.no_grad():
                 has_target = q.sum(dim=1) > 0
                 totals += torch.stack([per_item.sum(), ((log_probs.argmax(1) == q.argmax(1)) & has_target).sum(),

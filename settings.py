@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, make_dataclass
 from importlib.util import find_spec
 
 import noise_sim
-from aggregation import METHODS, canonical
+from aggregation import FIELD, METHODS, canonical
 from cli import INSTALL, Parser, csv_list, number, output_problem
 from pipeline import gpu_ids, stages
 
@@ -195,7 +195,7 @@ PRESETS = {
         workers=20,
         budget=600,
         redundancy=[1, 3],
-        algorithms=list(METHODS),
+        algorithms=[a for a in METHODS if a not in FIELD],  # the field's need optional libraries
         depth=8,
         epochs=10,
         batch_size=50,
@@ -318,6 +318,7 @@ def check(p, config, args):
         p.error("no cells to run: give --budget and --redundancy, or --plan")
     elif max(r for r, _ in cells) > config.workers:
         p.error("a redundancy exceeds the number of workers: each item needs distinct workers")
+    check_field(p, config, cells)
     if config.backend == "mxnet" and config.precision == "bf16":
         p.error("--precision bf16 is for --backend torch: MXNet 1.9.1's bf16 (oneDNN 2.4, no AMX) measured "
                 "slower than its fp32 here")
@@ -332,6 +333,27 @@ def check(p, config, args):
         if config.backend == "torch" and len(config.gpus) > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             p.error(f"--gpus {ids}: the torch backend runs one process per GPU, started by torchrun: torchrun "
                     f"--nproc_per_node {len(config.gpus)} MBEM.py ... --gpus {ids}")
+
+
+def check_field(p, config, cells):
+    """The field's methods (crowd_methods.py): their optional libraries, the torch trainer for the
+    end-to-end two, no grouped classes, and CROWDLAB only where items have several labels (a sweep
+    leaves its r = 1 cells out: MBEM.runs)."""
+    chosen = [a for a in config.algorithms if a in FIELD]
+    if not chosen:
+        return
+    from crowd_methods import missing  # torch with it: only for these methods
+
+    if problem := missing(chosen):
+        p.error(problem)
+    end_to_end = [a for a in chosen if a != "crowdlab"]
+    if end_to_end and config.backend != "torch":
+        p.error(f"--algorithms {','.join(end_to_end)} train end to end on the torch trainer: add --backend torch")
+    if config.group_size:
+        p.error(f"--algorithms {','.join(chosen)}: not for grouped classes (--group-size)")
+    if "crowdlab" in chosen and cells and all(r == 1 for r, _ in cells):
+        p.error("--algorithms crowdlab: cleanlab's CROWDLAB needs items with two labels or more, and r = 1 gives "
+                "each one label: add a redundancy of 2 or more (its r = 1 cells are left out)")
 
 
 def gpu_count(backend):

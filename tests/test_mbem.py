@@ -49,7 +49,7 @@ def test_smoke_writes_every_cell_and_the_three_files(smoke_run):
     results = json.loads((out / "results.json").read_text())
     config = results["config"]
     plan = settings.plan(settings.Config(**config))
-    expected = {(s, r, n, a) for s in config["seeds"] for r, n in plan for a in MBEM.METHODS}
+    expected = {(s, r, n, a) for s in config["seeds"] for r, n in plan for a in config["algorithms"]}
     assert {(c["seed"], c["redundancy"], c["n"], c["algorithm"]) for c in results["cells"]} == expected
     for cell in results["cells"]:
         assert 0 <= cell["test_error"] <= 1 and 0 <= cell["label_accuracy"] <= 1
