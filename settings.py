@@ -15,7 +15,7 @@ from importlib.util import find_spec
 import noise_sim
 from aggregation import FIELD, METHODS, canonical
 from cli import INSTALL, Parser, csv_list, number, output_problem
-from pipeline import gpu_ids, stages
+from pipeline import gpu_ids, stages, trainer
 
 
 def plan_pairs(text):
@@ -333,6 +333,11 @@ def check(p, config, args):
         if config.backend == "torch" and len(config.gpus) > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             p.error(f"--gpus {ids}: the torch backend runs one process per GPU, started by torchrun: torchrun "
                     f"--nproc_per_node {len(config.gpus)} MBEM.py ... --gpus {ids}")
+    if config.backend == "torch" and config.precision == "bf16":  # refused before the data is loaded
+        try:
+            trainer("torch").resolve_precision("bf16", config.gpus)
+        except ValueError as err:
+            p.error(str(err))
 
 
 def check_field(p, config, cells):

@@ -488,3 +488,13 @@ def test_resuming_after_the_trainer_changed_says_so(tmp_path):
     result = run(*args, "--algorithms", "mv")
     assert result.returncode == 0 and "the trainer has changed since (" in result.stderr
     assert "pipeline.py" in result.stderr and "may not compare with the saved ones" in result.stderr
+
+
+@pytest.mark.skipif(__import__("resnet_torch").native_bf16(__import__("torch").device("cpu")),
+                    reason="this CPU computes bf16")
+def test_bf16_on_a_cpu_without_it_is_refused_before_the_data_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(dataset, "load", lambda config: pytest.fail("the data was loaded"))
+    with pytest.raises(SystemExit) as stop:
+        MBEM.main(["--preset", "smoke", "--backend", "torch", "--precision", "bf16", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--precision bf16: this CPU" in err and "no native bf16" in err
