@@ -14,7 +14,7 @@
                 omega = sigmoid(<u(x), v(a)>) from the item's embedding and the worker's; the
                 loss subtracts 1e-5 sum_a ||W_a - W_c|| so workers keep their own confusions.
 
-The libraries are optional (requirements-extra.txt): `require` names what to install in one
+The libraries are optional (requirements-extra.txt): `missing` names what to install in one
 line. crowd-kit's modules hold the parameters; the forward passes follow the papers where
 crowd-kit's differs (CoNAL's, see ConalHead).
 """
@@ -91,13 +91,14 @@ def padded(ann):
 
 def crowd_loss(module, logits, features, workers, labels):
     """Per item: the mean over its labels of the cross-entropy of the worker's predicted answer
-    (module's logits, items x slots x K) with the label given (items without labels give 0), and
-    the module's penalty spread over the batch; fp32 whatever the network computed in."""
+    (module's logits, items x slots x K) with the label given (items without labels give 0), plus
+    the module's penalty, so the batch mean carries it once, as the authors add it to their mean
+    loss; fp32 whatever the network computed in."""
     answers = module(logits.float(), features.float(), workers.clamp(min=0))
     given = labels >= 0
     ce = F.cross_entropy(answers.flatten(0, 1), labels.clamp(min=0).flatten(), reduction="none").view(labels.shape)
     per_item = (ce * given).sum(dim=1) / given.sum(dim=1).clamp(min=1)
-    return per_item + module.penalty() / len(per_item)
+    return per_item + module.penalty()
 
 
 class CrowdLayerHead(nn.Module):

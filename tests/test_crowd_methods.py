@@ -107,6 +107,11 @@ def test_conal_follows_its_authors_and_departs_from_crowdkits_forward():
     with torch.no_grad():
         conal.annotator_confusion_matrices[1, 0, 0] += 3.0
     assert head.penalty().item() == pytest.approx(-3e-5)
+    with torch.no_grad():  # the batch's mean loss carries the penalty once, as the authors add it
+        with_penalty = crowd_methods.crowd_loss(head, logits, features, workers, labels).mean()
+        head.penalty = lambda: torch.zeros(())
+        without = crowd_methods.crowd_loss(head, logits, features, workers, labels).mean()
+    assert (with_penalty - without).item() == pytest.approx(-3e-5, abs=1e-6)  # not divided by the batch
 
 
 class LogitsHead(torch.nn.Module):
