@@ -45,7 +45,7 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# Between edits: everything but the tests marked slow (training, end-to-end runs); under a minute.
+# Between edits: everything but the tests marked slow (training, end-to-end runs); about a minute.
 test-fast: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow"
