@@ -55,7 +55,9 @@ class Trained:
 
 def mbem(ann, bootstrap, train, rounds=1, class_prior=False):
     """Model Bootstrapped EM (the paper's Algorithm 1) from a bootstrap model's predicted class of
-    every training item (the release: the model trained on weighted majority vote). Each round:
+    every training item (the release: the model trained on weighted majority vote). The paper's T
+    counts trainings, the bootstrap's among them, so `rounds` rounds are T = rounds + 1 (the
+    release: one round, T = 2). Each round:
 
         M-step   take the model's predictions t_i as the truth: each worker's confusion
                  pi_a[k, l] = #(t = k, a said l) / #(t = k, a labelled), and with class_prior
@@ -291,6 +293,7 @@ class Experiment:
                   **report.worker_fields(ann, confusions, true_accuracy, None if self.real is None else targets,
                                          estimated),
                   "epochs": len(history), "backend": c.backend, "precision": self.precision,
+                  "machine": store.machine(),
                   "wall_seconds": time.perf_counter() - start,
                   "train_img_per_s": float(np.mean([h["img_per_s"] for h in history])), **extra,
                   "history": [{k: round(v, 6) if isinstance(v, float) else v for k, v in h.items()} for h in history]}
@@ -403,18 +406,29 @@ def main(argv=None):
     rank = join_processes(config)
     if rank == 0:
         store.check_writable(config.out)
-    results = store.load_results(config)
+    store.load_results(config)  # a different config there is refused before the data loads
+    ds = data.load(config)
+    experiment = Experiment(config, ds, writer=rank == 0)
+    if rank == 0 and not args.dry_run:  # one run per folder: a second would overwrite the first's cells
+        if note := store.hold(config.out):
+            print(note, file=sys.stderr, flush=True)
+    results = store.load_results(config)  # read again now that no other run can be writing it
     done = {(c["seed"], c["redundancy"], c["n"], c["algorithm"]) for c in results["cells"]}
     if done and rank == 0 and (warning := store.resume_warning(results, config.out)):
         print(warning, file=sys.stderr, flush=True)
     results["commit"], results["versions"], results["machine"] = store.environment()
-    ds = data.load(config)
-    experiment = Experiment(config, ds, writer=rank == 0)
+    if problem := store.precision_problem(results, experiment.precision):
+        raise RunError(problem)
     todo = [(s, r, n, a) for s in config.seeds for r, n in experiment.plan for a in order(config.algorithms)
             if runs(r, a)]
     left = [cell for cell in todo if cell not in done]
     if args.dry_run:
         return dry_run(config, experiment, left)
+    if not left:  # a finished folder stays as it is (its figures too): --plot-only redraws them
+        if rank == 0:
+            print(f"all {len(todo)} cells of {config.out} are done; --plot-only redraws its tables and figures",
+                  flush=True)
+        return 0
     if rank == 0:
         if any(not runs(r, a) for r, _ in experiment.plan for a in config.algorithms):
             print("crowdlab: no r = 1 cells (cleanlab refuses items that have one label each)", flush=True)

@@ -1,4 +1,4 @@
-# make setup | make test | make test-fast | make demo | make bench | make results
+# make setup | make test | make test-fast | make demo | make bench | make results | make results-status
 # make setup-torch | make test-torch: a second environment, PyTorch with numpy 2 and no MXNet
 # make extras: the optional libraries of the field's methods (crowd_methods.py) in the first
 PY := python3.11
@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 TORCH_VENV := .venv-torch
 TORCH_STAMP := $(TORCH_VENV)/.installed
 
-.PHONY: setup setup-torch extras test test-fast test-torch demo bench results clean
+.PHONY: setup setup-torch extras test test-fast test-torch demo bench results results-status clean
 
 setup: $(STAMP)
 
@@ -57,25 +57,14 @@ bench: setup
 	$(BIN)/python bench/bench_aggregation.py
 	$(BIN)/python bench/bench_train.py
 
-# Every committed results/ folder, one training at a time (never two on a small CPU), each command
-# resuming its own folder: hours on a CPU, see docs/reproducing.md. FLAGS=--no-compile
-# where torch.compile does not pay (a CPU without native bf16).
-CIFAR ?= ../shared/data/cifar10-jpeg.tar.gz
-CIFAR10N ?= ../shared/data/crowd/cifar10n
-RUN = $(BIN)/python MBEM.py --dataset folder --source $(CIFAR) $(FLAGS)
+# Every committed CIFAR-10 results/ folder as one queue (reproduce.py: one training at a time, each
+# folder resumed, bf16 folders skipped on a CPU without native bf16), then the paper's figure:
+# hours on a CPU, see docs/reproducing.md. results-status: cells done and time left per folder.
 results: setup
-	$(RUN) --preset cpu
-	@# MBEM alone starts from the cpu run's WMV models (same labels, same training; their labels digest is checked)
-	mkdir -p results/cpu-rounds/bootstrap && cp results/cpu/bootstrap/wmv-seed*-r1-*.npz results/cpu-rounds/bootstrap/
-	$(RUN) --preset cpu --algorithms mbem --rounds 2 --class-prior --redundancy 1 --out results/cpu-rounds
-	$(RUN) --preset cpu --algorithms wmv,mbem --redundancy 5 --epoch-images all --out results/cpu-release-loop
-	$(BIN)/python cifar10n.py $(CIFAR10N) --items jpeg --out data/cifar10n-jpeg.csv
-	$(RUN) --preset cifar10n --annotations data/cifar10n-jpeg.csv
-	@# The paper's other three panels, the cpu preset's protocol with other workers (results/cpu is the first)
-	$(RUN) --preset cpu --gamma 0.6 --out results/hammer-spammer-gamma0.6
-	$(RUN) --preset cpu --worker-model class-wise --out results/class-wise-gamma0.2
-	$(RUN) --preset cpu --worker-model class-wise --gamma 0.6 --out results/class-wise-gamma0.6
-	$(BIN)/python paper_figure.py
+	$(BIN)/python reproduce.py
+
+results-status: setup
+	$(BIN)/python reproduce.py --status
 
 clean:
 	rm -rf $(VENV) $(TORCH_VENV) .pytest_cache .ruff_cache

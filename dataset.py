@@ -11,7 +11,6 @@ import hashlib
 import io
 import os
 import tarfile
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from atomic import replacing
 from cli import RunError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -61,9 +61,8 @@ def download(url, path, md5, progress=True):
     mistaken for the archive; a file with the wrong md5 is fetched again."""
     if os.path.exists(path) and file_digest(path) == md5:
         return path
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".part-")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+    with replacing(path) as tmp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(path), disable=not progress) as bar:
                 while block := response.read(1 << 16):
@@ -72,10 +71,6 @@ def download(url, path, md5, progress=True):
         got = file_digest(tmp)
         if got != md5:
             raise OSError(f"{url}: md5 {got} does not match the expected {md5}")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
     return path
 
 
@@ -230,10 +225,8 @@ def load_folder(source, root=None, progress=True):
     if arrays is None:
         found, classes = read_class_folders(source, progress)
         arrays = dict(found, classes=np.array(classes))
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cache), prefix=".part-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
+        with replacing(cache) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, cache)
     return Dataset(arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"],
                    [str(c) for c in arrays["classes"]], [str(n) for n in arrays["train_names"]])
 

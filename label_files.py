@@ -4,10 +4,8 @@ confusions written out, every output written atomically, and the command line of
 """
 
 import itertools
-import os
 import re
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -15,6 +13,7 @@ import pandas as pd
 
 import api
 from aggregation import ALIASES, LABEL_ONLY, Annotations, aggregate, canonical, mbem_step
+from atomic import atomic_write
 from cli import InputError, Parser, number, output_problem
 
 ITEM_COLUMNS, WORKER_COLUMNS, LABEL_COLUMNS = ("item", "task", "question"), ("worker",), ("label", "answer")
@@ -107,22 +106,6 @@ def read_answers(path):
     return ann, item_names, worker_names, classes
 
 
-UMASK = os.umask(0o022)  # read once (umask can only be read by setting it) and put back at once
-os.umask(UMASK)
-
-
-def atomic_write(path, data):
-    """Write bytes to a temporary file beside `path`, then rename: a reader never sees half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; an output file gets the mode open() would give it
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def csv_field(name):

@@ -26,7 +26,7 @@ from scipy import stats
 
 import aggregation as agg
 from aggregation import METHODS
-from label_files import atomic_write
+from atomic import atomic_write
 
 NAMES = METHODS  # what a table or figure calls each method
 CSV_COLUMNS = ["redundancy", "n", "algorithm", "seed", "test_error", "test_error_top5", "val_error",

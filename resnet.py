@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 
+from atomic import atomic_write, replacing  # noqa: E402
 from pipeline import (  # noqa: E402
     BN_EPS,
     BN_MOMENTUM,
@@ -167,11 +168,9 @@ MODEL_SUFFIX = ".params"
 def save_model(model, path, meta):
     """The network's weights (MXNet's .params) and `meta` (classes, depth, imagenet, in_channels,
     ...) beside them as <path>.json."""
-    model.net.save_parameters(path + ".part")
-    os.replace(path + ".part", path)
-    with open(path + ".json.part", "w") as f:
-        json.dump(dict(meta), f)
-    os.replace(path + ".json.part", path + ".json")
+    with replacing(path) as tmp:
+        model.net.save_parameters(tmp)
+    atomic_write(path + ".json", json.dumps(dict(meta)).encode())
 
 
 def load_model(path, gpus=None):

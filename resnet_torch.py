@@ -40,6 +40,7 @@ import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812 (the universal spelling)
 from torch import nn
 
+from atomic import replacing
 from crowd_methods import crowd_loss
 from pipeline import (
     BN_EPS,
@@ -217,9 +218,8 @@ def save_model(model, path, meta):
     """The network's weights and `meta` (classes, depth, imagenet, in_channels, ...) in one file,
     written whole or not at all."""
     state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
-    tmp = path + ".part"
-    torch.save({"state": state, "meta": dict(meta)}, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save({"state": state, "meta": dict(meta)}, tmp)
 
 
 def load_model(path, gpus=None):

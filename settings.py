@@ -82,7 +82,8 @@ SETTINGS = (
             "release's)", plan_pairs),
     Setting("algorithms", ["mv", "wmv", "mbem"], f"comma-separated, from {','.join(METHODS)} (ds: em)", method_list),
     # MBEM
-    Setting("rounds", 1, "MBEM rounds T (the release: 1)", number(int, 1)),
+    Setting("rounds", 1, "MBEM's rounds after its bootstrap model: each an M-step, an E-step and a training (the "
+            "paper's T counts trainings, the bootstrap's too: T = rounds + 1; the release: 1, T = 2)", number(int, 1)),
     Setting("class_prior", False, "use the class prior q in MBEM's E-step (the paper's Algorithm 1; the release has "
             "none); with a weak bootstrap model q imports its errors (docs/reproducing.md: results/cpu-rounds)",
             switch=True),

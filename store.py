@@ -9,18 +9,24 @@
 where <cell> is <algorithm>-seed<s>-r<r>.
 """
 
+import atexit
+import fcntl
 import hashlib
 import io
 import json
 import os
+import socket
 import subprocess
+import sys
+import time
 from dataclasses import asdict
 from importlib import metadata
 
 import numpy as np
 
+from atomic import UMASK, atomic_write
 from cli import RunError
-from label_files import atomic_write, confusions_csv, posterior_csv
+from label_files import confusions_csv, posterior_csv
 from settings import NOT_RESULTS, Config, comparable
 
 
@@ -38,7 +44,7 @@ def environment():
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return commit, versions, {"cpu": cpu_model(), "cores": os.cpu_count()}
+    return commit, versions, machine()
 
 
 TRAINER_FILES = ("pipeline.py", "resnet.py", "resnet_torch.py", "imagenet.py")
@@ -68,12 +74,27 @@ def resume_warning(results, out):
             "compare with the saved ones")
 
 
-def cpu_model():
+# The CPU flags that decide a CPU run's speed and numerics: bf16 is native with avx512_bf16 or
+# amx_bf16 and emulated (slow, and rounded differently) without; one results folder may be made on several.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_info(text):
+    """(model name, the CPU_FLAGS present) from the text of /proc/cpuinfo; (None, []) where absent."""
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return fields.get("model name"), [f for f in CPU_FLAGS if f in flags]
+
+
+def machine():
+    """The machine a run (and each of its cells) ran on: CPU model, its flags of CPU_FLAGS, cores."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+            model, flags = cpu_info(f.read().split("\n\n")[0])
     except OSError:
-        return None
+        model, flags = None, []
+    return {"cpu": model, "cpu_flags": flags, "cores": os.cpu_count()}
 
 
 def write_json(path, obj):
@@ -102,6 +123,50 @@ def check_writable(out):
                 os.rmdir(folder)
             except OSError:
                 pass
+
+
+LOCK = ".mbem.lock"
+
+
+def hold(out):
+    """Hold the folder `out` for this run until the process ends, or raise RunError naming the
+    run that holds it. The hold is an flock on out/.mbem.lock, which the kernel (or, on a shared
+    NFS disk, the lock server) drops when its process dies however it dies, so a lock left by a
+    killed run is free and taken over; the file names its holder (process, host, command), and
+    one left non-empty is the note that a run ended without finishing. Returns that note, or None."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = lock_holder(fd)
+        os.close(fd)
+        raise RunError(f"{out} is in use by another run ({holder}): wait for it to end, or use another --out") \
+            from None
+    left = lock_holder(fd)
+    os.ftruncate(fd, 0)
+    command = " ".join([os.path.basename(sys.executable), *sys.argv])
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                              "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+    HELD.append(fd)  # open for the rest of the process: closing it would let the hold go
+    atexit.register(os.ftruncate, fd, 0)  # a clean end empties the file; a killed run leaves its name there
+    return f"note: {out} was left by a run that did not finish ({left}); this run takes it over" if left else None
+
+
+HELD = []
+
+
+def lock_holder(fd):
+    """The run named in a lock file, in words; None for an empty one."""
+    text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+    if not text:
+        return None
+    try:
+        who = json.loads(text)
+        return f"process {who['pid']} on {who['host']}, started {who['started']}: {who['command']}"
+    except (ValueError, KeyError, TypeError):
+        return f"its lock file says {text[:200]!r}"
 
 
 def save(results, out):
@@ -134,13 +199,25 @@ def load_results(config, check_config=True):
                        "use another --out, or remove it if it is yours to delete") from err
     if not check_config:
         return results
+    # The precision is checked against the cells themselves once the trainer resolves it (MBEM.py:
+    # precision_problem): a folder's config may say auto, which each machine resolves its own way.
     current = comparable(config)
-    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    changed = sorted(k for k in saved.keys() | current.keys() if k != "precision" and saved.get(k) != current.get(k))
     if changed:
         raise RunError(f"{path} was made with a different config ({', '.join(changed)} differ); "
                        "use another --out or remove it")
     results["config"] = asdict(config)
     return results
+
+
+def precision_problem(results, precision):
+    """Why a run in `precision` must not add cells to `results`, or None: one folder, one precision
+    (bf16 and fp32 round differently, so their cells are not repeats of one experiment)."""
+    made = sorted({c.get("precision") for c in results["cells"]} - {None})
+    if not made or made == [precision]:
+        return None
+    return (f"{results['config']['out']} holds {' and '.join(made)} cells and this run trains in {precision}: "
+            f"pass --precision {made[0]} (one folder, one precision), or use another --out")
 
 
 def digest(array):

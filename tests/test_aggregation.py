@@ -1,6 +1,5 @@
 import csv
 import itertools
-import os
 
 import numpy as np
 from hypothesis import given, settings
@@ -189,15 +188,6 @@ def test_incidence_counts_every_label():
         dense[i, a * ann.K + l] += 1
     assert np.array_equal(ann.incidence.toarray(), dense)
     assert list(itertools.islice(agg.label_counts(ann).sum(axis=1), 3)) == [3.0, 3.0, 3.0]
-
-
-def test_atomic_write_gives_the_mode_open_would(tmp_path):
-    """Outputs are shared (results folders, posterior CSVs): not mkstemp's owner-only 0600."""
-    path = tmp_path / "out.csv"
-    label_files.atomic_write(str(path), b"a,b\n")
-    assert path.read_bytes() == b"a,b\n"
-    assert path.stat().st_mode & 0o777 == 0o666 & ~label_files.UMASK
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
 
 
 def test_labels_right_counts_labels_not_classes():

@@ -4,6 +4,7 @@ import csv
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,12 +87,14 @@ def test_smoke_results_make_sense(smoke_run):
 @pytest.mark.slow
 @needs_mxnet
 def test_rerun_skips_finished_cells(smoke_run):
+    """A finished folder is left as it is, results.json and figures byte for byte."""
     out, _ = smoke_run
-    before = (out / "results.json").read_text()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     result = run(*smoke_args(out))
     assert result.returncode == 0
-    assert "0 of" in result.stdout.splitlines()[0]
-    assert json.loads((out / "results.json").read_text())["cells"] == json.loads(before)["cells"]
+    cells = len(json.loads(before["results.json"])["cells"])
+    assert f"all {cells} cells of {out} are done" in result.stdout
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
 @pytest.mark.slow
@@ -277,6 +280,43 @@ def test_a_killed_run_resumes_to_the_same_result(torch_smoke, tmp_path):
     assert resumed[:len(kept)] == kept
     uninterrupted = json.loads((torch_smoke / "results.json").read_text())["cells"]
     assert [untimed(c) for c in resumed] == [untimed(c) for c in uninterrupted]
+
+
+@pytest.mark.slow
+def test_one_folder_one_precision(torch_smoke, tmp_path):
+    """Cells made in fp32 take no bf16 cells (refused before any training, whatever this CPU has),
+    and a folder whose config says auto is resumed by the precision its cells were made in."""
+    out = tmp_path / "fp32"
+    shutil.copytree(torch_smoke, out)
+    results = json.loads((out / "results.json").read_text())
+    results["config"]["precision"] = "auto"  # what the committed folders made before --precision was fixed say
+    (out / "results.json").write_text(json.dumps(results))
+    cells = len(results["cells"])
+    refused = run(*TORCH_SMOKE, "--out", out, "--precision", "bf16")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert ("holds fp32 cells and this run trains in bf16: pass --precision fp32" in refused.stderr
+            or "no native bf16" in refused.stderr)
+    resumed = run(*TORCH_SMOKE, "--out", out, "--precision", "fp32")
+    assert resumed.returncode == 0 and "are done" in resumed.stdout
+    assert len(json.loads((out / "results.json").read_text())["cells"]) == cells
+
+
+def test_the_precision_check_names_both_precisions():
+    results = {"config": {"out": "results/x"}, "cells": [{"precision": "fp32"}, {"precision": "fp32"}]}
+    assert store.precision_problem(results, "fp32") is None
+    assert store.precision_problem({"config": {"out": "x"}, "cells": []}, "bf16") is None
+    assert "holds fp32 cells and this run trains in bf16: pass --precision fp32" in \
+        store.precision_problem(results, "bf16")
+    mixed = {"config": {"out": "x"}, "cells": [{"precision": "fp32"}, {"precision": "bf16"}]}
+    assert "holds bf16 and fp32 cells" in store.precision_problem(mixed, "bf16")
+
+
+def test_the_machine_names_the_cpu_flags_that_matter():
+    text = "processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 sha_ni\n"
+    assert store.cpu_info(text) == ("AMD EPYC 9B14", ["avx2", "avx512f", "avx512_bf16"])
+    assert store.cpu_info("flags : sse2 avx2 amx_bf16\n") == (None, ["avx2", "amx_bf16"])
+    assert store.cpu_info("") == (None, [])
+    assert set(store.machine()) == {"cpu", "cpu_flags", "cores"}
 
 
 def untimed(cell):
@@ -498,3 +538,27 @@ def test_bf16_on_a_cpu_without_it_is_refused_before_the_data_loads(tmp_path, mon
         MBEM.main(["--preset", "smoke", "--backend", "torch", "--precision", "bf16", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "--precision bf16: this CPU" in err and "no native bf16" in err
+
+
+def test_a_folder_in_use_is_refused_in_one_line_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    """The hold is the kernel's flock: a second run is refused naming the first (here this test's
+    process), writing nothing; once the holder is gone (killed, so its name stays in the file)
+    the next run takes the folder over and says so."""
+    out = tmp_path / "x"
+    holder = subprocess.Popen([sys.executable, "-c", "import store, sys, time; store.hold(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(60)", str(out)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        refused = run(*TORCH_SMOKE, "--out", out)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert f"is in use by another run (process {holder.pid} on " in refused.stderr
+        assert f": python -c {out})" in refused.stderr and "use another --out" in refused.stderr
+        assert os.listdir(out) == [store.LOCK]
+        with pytest.raises(RunError, match="in use by another run"):  # in-process too
+            store.hold(str(out))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.hold(str(out)).startswith(f"note: {out} was left by a run that did not finish (process {holder.pid}")
+    assert store.hold(str(tmp_path / "fresh")) is None

@@ -1,0 +1,186 @@
+"""Every committed CIFAR-10 results/ folder as one queue: each folder's MBEM.py command, in order,
+one training at a time, each resuming its own folder; then paper_figure.py draws the four panels.
+
+    python reproduce.py             # run the queue (make results); stop with Ctrl-C, rerun to resume
+    python reproduce.py --status    # per folder: cells done of all, precision, time left on this machine
+    python reproduce.py --list      # the commands, one per folder, without running them
+
+Each folder's precision is fixed in its command, never auto (which each machine resolves its own
+way): bf16 and fp32 round differently, so one folder holds one. A folder in bf16 is skipped, with
+one line, on a CPU that does not compute bf16 natively (no AVX512-BF16 or AMX), and the queue goes
+on to the next, so a user with several machines advances each folder on a machine that can.
+Every folder is made without torch.compile, as results/cpu was (compiling changes the rounding).
+docs/reproducing.md says what each folder measures and what it found.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from cli import Parser
+from settings import gpu_list
+
+# Paths as the folders' configs hold them, relative to the checkout (the commands run there): a
+# resumed folder must be given its data by the same name.
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CIFAR = "../shared/data/cifar10-jpeg.tar.gz"
+CIFAR10N = "../shared/data/crowd/cifar10n"
+CIFAR10N_CSV = "data/cifar10n-jpeg.csv"
+
+
+@dataclass(frozen=True)
+class Folder:
+    """One results folder: MBEM.py's flags beyond the dataset's, its precision, and what it starts
+    from: `bootstrap` names a folder whose saved WMV models at r = 1 it copies (the same labels and
+    training, so MBEM alone retrains only its own rounds; MBEM.py checks their labels' digest)."""
+
+    out: str
+    flags: tuple
+    precision: str
+    bootstrap: str = None
+    annotations: bool = False  # CIFAR-10N's real labels: cifar10n.py writes CIFAR10N_CSV first
+
+    def command(self, source, extra=()):
+        return [sys.executable, "MBEM.py", "--dataset", "folder", "--source", source,
+                "--precision", self.precision, "--no-compile", *self.flags, "--out", self.out, *extra]
+
+
+MBEM_R1 = ("--preset", "cpu", "--algorithms", "mbem", "--redundancy", "1")
+# The order is the order of the questions: the first panel and its variants (finished), the oracle
+# (is the bootstrap model what claim 2 lacks?), Algorithm 1's T and q, then the paper's other panels.
+QUEUE = (
+    Folder("results/cpu", ("--preset", "cpu"), "bf16"),
+    Folder("results/cpu-rounds", (*MBEM_R1, "--rounds", "2", "--class-prior"), "bf16", bootstrap="results/cpu"),
+    Folder("results/cpu-release-loop", ("--preset", "cpu", "--algorithms", "wmv,mbem", "--redundancy", "5",
+                                        "--epoch-images", "all"), "bf16"),
+    Folder("results/cifar10n", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV), "bf16", annotations=True),
+    Folder("results/cpu-oracle", ("--preset", "cpu", "--algorithms", "oracle"), "bf16"),
+    Folder("results/cpu-T2-prior", (*MBEM_R1, "--rounds", "1", "--class-prior"), "bf16", bootstrap="results/cpu"),
+    Folder("results/cpu-T3", (*MBEM_R1, "--rounds", "2", "--no-class-prior"), "bf16", bootstrap="results/cpu"),
+    Folder("results/class-wise-gamma0.2", ("--preset", "cpu", "--worker-model", "class-wise"), "bf16"),
+    Folder("results/class-wise-gamma0.6", ("--preset", "cpu", "--worker-model", "class-wise", "--gamma", "0.6"),
+           "bf16"),
+    # its first cells were made in fp32 on an AVX2 CPU: a CPU without native bf16 advances it
+    Folder("results/hammer-spammer-gamma0.6", ("--preset", "cpu", "--gamma", "0.6"), "fp32"),
+)
+
+
+def native_problem(precision, gpus):
+    """Why this machine cannot train in `precision` at full speed, or None (the trainer's own check)."""
+    if precision != "bf16":
+        return None
+    import resnet_torch
+
+    try:
+        resnet_torch.resolve_precision(precision, gpus)
+    except ValueError as err:
+        return str(err).removeprefix("--precision bf16: ")
+    return None
+
+
+def prepare(folder):
+    """What a folder's command needs first: the copied WMV bootstraps, or CIFAR-10N's label CSV.
+    Returns why it cannot run, or None."""
+    if folder.bootstrap:
+        target = os.path.join(ROOT, folder.out, "bootstrap")
+        os.makedirs(target, exist_ok=True)
+        for path in glob.glob(os.path.join(ROOT, folder.bootstrap, "bootstrap", "wmv-seed*-r1-*.npz")):
+            if not os.path.exists(os.path.join(target, os.path.basename(path))):
+                shutil.copy2(path, target)
+    if folder.annotations and not os.path.exists(os.path.join(ROOT, CIFAR10N_CSV)):
+        if not os.path.exists(os.path.join(ROOT, CIFAR10N)):
+            return f"no CIFAR-10N labels at {CIFAR10N}"
+        made = subprocess.run([sys.executable, "cifar10n.py", CIFAR10N, "--items", "jpeg", "--out", CIFAR10N_CSV],
+                              cwd=ROOT, capture_output=True, text=True)
+        if made.returncode != 0:
+            return f"cifar10n.py could not write {CIFAR10N_CSV}: {(made.stderr.strip() or '?').splitlines()[-1]}"
+    return None
+
+
+def cells_done(folder):
+    path = os.path.join(ROOT, folder.out, "results.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return len(json.load(f)["cells"])
+
+
+def estimate(folder, source, extra):
+    """(cells left, the time MBEM.py --dry-run estimates for them here), from its last line."""
+    result = subprocess.run(folder.command(source, (*extra, "--dry-run")), cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        return None, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "dry run failed"
+    left = sum(line.startswith("  cell ") for line in result.stdout.splitlines())
+    found = re.search(r"about (\S+ (?:h|min|s)), evaluation not counted", result.stdout)
+    return left, f"about {found.group(1)}" if found and left else "nothing left"
+
+
+def status(source, gpus, extra):
+    print(f"{'folder':32} {'cells':>9}  precision  time left here")
+    for folder in QUEUE:
+        done = cells_done(folder)
+        problem = native_problem(folder.precision, gpus) or prepare(folder)
+        if problem:
+            print(f"{folder.out:32} {done:>5} of ?  {folder.precision:9}  skipped here: {problem}")
+            continue
+        left, when = estimate(folder, source, extra)
+        cells = f"{done:>5} of {done + left}" if left is not None else f"{done:>5} of ?"
+        print(f"{folder.out:32} {cells:>9}  {folder.precision:9}  {when}", flush=True)
+    print("(each estimate times a few batches now: a training running beside it, or any other load, lengthens it)")
+    return 0
+
+
+def run_queue(source, gpus, extra):
+    """Each folder in turn; a skipped or failed folder is named and the queue goes on. Exit status 0
+    when every folder that could run here ran to the end, else 1."""
+    failed = []
+    for folder in QUEUE:
+        problem = native_problem(folder.precision, gpus) or prepare(folder)
+        if problem:
+            print(f"skipped {folder.out} ({folder.precision}): {problem}", flush=True)
+            continue
+        print(f"== {folder.out} ({folder.precision})", flush=True)
+        result = subprocess.run(folder.command(source, extra), cwd=ROOT)
+        if result.returncode == 130:
+            print("interrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
+            return 130
+        if result.returncode != 0:
+            failed.append(folder.out)
+            print(f"{folder.out} stopped with exit status {result.returncode}; going on to the next folder",
+                  file=sys.stderr, flush=True)
+    figure = subprocess.run([sys.executable, "paper_figure.py"], cwd=ROOT)
+    if failed:
+        print(f"not finished: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed or figure.returncode else 0
+
+
+def main(argv=None):
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--status", action="store_true",
+                        help="per folder: cells done of all, its precision, and the time left on this machine by "
+                             "MBEM.py --dry-run's estimate (a few timed batches each); trains nothing")
+    action.add_argument("--list", action="store_true", help="print each folder's command and exit")
+    p.add_argument("--source", default=CIFAR, help="CIFAR-10 as a folder or .tar.gz of JPEGs (default: %(default)s)")
+    p.add_argument("--gpus", type=gpu_list, default=[], help="GPU ids for every command, e.g. 0 (default: the CPU)")
+    args = p.parse_args(argv)
+    extra = ("--gpus", ",".join(map(str, args.gpus))) if args.gpus else ()
+    source = os.path.relpath(os.path.abspath(args.source), ROOT)  # the commands run in the checkout
+    if args.list:
+        for folder in QUEUE:
+            print("python " + " ".join(folder.command(source, extra)[1:]))
+        return 0
+    if not os.path.exists(os.path.join(ROOT, source)):
+        p.error(f"--source {args.source}: no such folder or archive (CIFAR-10 as JPEGs: ../shared/data beside "
+                "the checkout, or your own copy)")
+    return (status if args.status else run_queue)(source, args.gpus, extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

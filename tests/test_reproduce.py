@@ -1,0 +1,71 @@
+"""reproduce.py: the queue's commands resume the committed folders, one precision each, and a
+folder this machine cannot compute natively is skipped while the queue goes on."""
+
+import os
+import subprocess
+
+import pytest
+
+import reproduce
+import resnet_torch
+import settings
+import store
+from conftest import ROOT, run_script
+
+
+def parsed(folder):
+    config, _, _ = settings.parse(folder.command(reproduce.CIFAR)[2:])
+    return config
+
+
+@pytest.mark.parametrize("folder", reproduce.QUEUE, ids=lambda f: f.out)
+def test_each_command_resumes_its_committed_folder(folder):
+    """The command's settings are the folder's own (store.load_results refuses any other), its
+    precision is fixed, and a folder's cells are all in that precision."""
+    config = parsed(folder)
+    assert config.out == folder.out and config.precision == folder.precision in ("fp32", "bf16")
+    if not os.path.exists(os.path.join(ROOT, folder.out, "results.json")):
+        pytest.skip(f"{folder.out} has no cells yet")
+    cwd = os.getcwd()
+    try:
+        os.chdir(ROOT)  # the folders' configs name their data relative to the checkout
+        results = store.load_results(config)
+    finally:
+        os.chdir(cwd)
+    assert store.precision_problem(results, folder.precision) is None
+
+
+def test_every_folder_is_listed_once_with_a_fixed_precision():
+    listed = run_script("reproduce.py", "--list").stdout.splitlines()
+    assert len(listed) == len(reproduce.QUEUE) == len({f.out for f in reproduce.QUEUE})
+    for line, folder in zip(listed, reproduce.QUEUE, strict=False):
+        assert line.startswith("python MBEM.py ") and f"--precision {folder.precision} " in line
+        assert line.endswith(f"--out {folder.out}") and "auto" not in line
+
+
+def test_a_bf16_folder_is_skipped_without_native_bf16_and_the_queue_goes_on(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(resnet_torch, "native_bf16", lambda device: False)
+    monkeypatch.setattr(reproduce, "ROOT", str(tmp_path))
+    monkeypatch.setattr(reproduce, "QUEUE", (
+        reproduce.Folder("results/a", ("--preset", "cpu"), "bf16"),
+        reproduce.Folder("results/b", ("--preset", "cpu", "--gamma", "0.6"), "fp32"),
+        reproduce.Folder("results/c", ("--preset", "cpu", "--gamma", "0.4"), "fp32"),
+    ))
+    ran = []
+
+    def fake_run(command, cwd):  # MBEM.py's exit statuses: b stops with an error, c finishes
+        ran.append(command)
+        return subprocess.CompletedProcess(command, 2 if "results/b" in command else 0)
+
+    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+    assert reproduce.run_queue(reproduce.CIFAR, [], ()) == 1
+    out, err = capsys.readouterr()
+    assert "skipped results/a (bf16): this CPU" in out and "no native bf16" in out
+    assert [c[-1] for c in ran[:2]] == ["results/b", "results/c"] and ran[2][1] == "paper_figure.py"
+    assert "results/b stopped with exit status 2; going on" in err and "not finished: results/b" in err
+
+
+def test_a_missing_source_is_one_line():
+    result = run_script("reproduce.py", "--source", "/no/such/cifar.tar.gz")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--source /no/such/cifar.tar.gz: no such folder or archive" in result.stderr
