@@ -229,14 +229,15 @@ class Experiment:
             if predicted is not None and self.writer:
                 print(f"seed {seed} r {r} mbem: bootstrapped from the saved WMV predictions {path}", flush=True)
         if predicted is None:
-            predicted = fit(agg.weighted_majority_vote(ann), "wmv").train_probs.argmax(axis=1)
-            self.keep_bootstrap(seed, r, n, ann, predicted)
+            predicted = self.keep_bootstrap(seed, r, n, ann, fit(agg.weighted_majority_vote(ann), "wmv").train_probs)
         return predicted
 
-    def keep_bootstrap(self, seed, r, n, ann, predicted):
-        self.bootstrap[seed, r, n] = predicted
+    def keep_bootstrap(self, seed, r, n, ann, probs):
+        """Keep the WMV model's predictions on its items (in memory and saved); returns their argmax."""
+        self.bootstrap[seed, r, n] = probs.argmax(axis=1)
         if self.writer:
-            store.save_bootstrap(store.bootstrap_path(self.config.out, seed, r, n), predicted, ann)
+            store.save_bootstrap(store.bootstrap_path(self.config.out, seed, r, n), probs, ann)
+        return self.bootstrap[seed, r, n]
 
     def cell(self, seed, r, n, algorithm, workers, items, ann, true_accuracy):
         """Run one (seed, r, n, algorithm) cell on the labels `ann` of the training images `items`
@@ -284,7 +285,7 @@ class Experiment:
                 targets, confusions = agg.one_hot(truth % k if grouped else truth, k), None
             trained = fit(targets, algorithm)
             if algorithm == "wmv":
-                self.keep_bootstrap(seed, r, n, ann, trained.train_probs.argmax(axis=1))
+                self.keep_bootstrap(seed, r, n, ann, trained.train_probs)
         history, test_probs = trained.history, trained.test_probs
         record = {"redundancy": r, "n": n, "algorithm": algorithm, "seed": seed,
                   "test_error": None if test_probs is None else report.top_k_error(test_probs, ds.test_labels, 1),

@@ -233,11 +233,14 @@ def bootstrap_path(out, seed, r, n):
     return os.path.join(out, "bootstrap", f"wmv-seed{seed}-r{r}-n{n}.npz")
 
 
-def save_bootstrap(path, predicted, ann):
-    """The WMV model's predicted classes, with a digest of the labels they belong to."""
+def save_bootstrap(path, probs, ann):
+    """The WMV model's predicted classes (what MBEM starts from) and its probabilities on the same
+    items (n x K in float16: for worker estimators that use more than the argmax, bench/targets.py),
+    with a digest of the labels they belong to."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, predicted=predicted.astype(np.int32), labels_digest=labels_digest(ann))
+    np.savez_compressed(buffer, predicted=probs.argmax(axis=1).astype(np.int32),
+                        probabilities=probs.astype(np.float16), labels_digest=labels_digest(ann))
     atomic_write(path, buffer.getvalue())
 
 
@@ -253,6 +256,13 @@ def load_bootstrap(path, ann):
             or not (predicted < ann.K).all():
         return None
     return predicted.astype(np.int64)
+
+
+def bootstrap_probabilities(path):
+    """The probabilities a bootstrap file holds (float32), or None: files written before they were
+    kept have the predicted classes only."""
+    with np.load(path) as f:
+        return f["probabilities"].astype(np.float32) if "probabilities" in f else None
 
 
 def save_model(trainer, model, out, name, meta):

@@ -438,7 +438,11 @@ def test_mbem_alone_keeps_the_wmv_predictions_it_trained(tmp_path):
     result = run("--preset", "smoke", "--backend", "torch", "--no-compile", "--algorithms", "mbem", "--redundancy",
                  "1", "--epochs", "1", "--rounds", "2", "--class-prior", "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (out / "bootstrap" / "wmv-seed0-r1-n600.npz").exists()
+    probs = store.bootstrap_probabilities(out / "bootstrap" / "wmv-seed0-r1-n600.npz")
+    with np.load(out / "bootstrap" / "wmv-seed0-r1-n600.npz") as saved:  # the argmax MBEM starts from, and more
+        assert probs.shape == (600, 10) and np.allclose(probs.sum(axis=1), 1, atol=0.01)
+        assert np.array_equal(saved["predicted"], probs.argmax(axis=1)) or \
+            (probs.max(axis=1) - np.take_along_axis(probs, saved["predicted"][:, None], 1)[:, 0]).max() < 1e-3
     cells = json.loads((out / "results.json").read_text())["cells"]
     assert [c["algorithm"] for c in cells] == ["mbem"]
     rounds = cells[0]["rounds"]
