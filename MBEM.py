@@ -53,7 +53,7 @@ class Trained:
 
 # ----------------------------------------------------------------------------- the paper's algorithm
 
-def mbem(ann, bootstrap, train, rounds=1, class_prior=False):
+def mbem(ann, bootstrap, train, rounds=1, class_prior=False, step="release"):
     """Model Bootstrapped EM (the paper's Algorithm 1) from a bootstrap model's predicted class of
     every training item (the release: the model trained on weighted majority vote). The paper's T
     counts trainings, the bootstrap's among them, so `rounds` rounds are T = rounds + 1 (the
@@ -61,7 +61,9 @@ def mbem(ann, bootstrap, train, rounds=1, class_prior=False):
 
         M-step   take the model's predictions t_i as the truth: each worker's confusion
                  pi_a[k, l] = #(t = k, a said l) / #(t = k, a labelled), and with class_prior
-                 q[k] = share of items with t = k (the release has no q);
+                 q[k] = share of items with t = k (the release has no q); step="one-coin"
+                 fits one-coin workers instead, corrected for the model's accuracy
+                 (aggregation.one_coin_step, an option beyond the paper);
         E-step   the posterior P(y_i = k | labels) proportional to q[k] prod_a pi_a[k, label_a(i)];
         retrain  train(posterior, round) -> Trained: a new model on the posterior, whose
                  predictions start the next round.
@@ -69,7 +71,11 @@ def mbem(ann, bootstrap, train, rounds=1, class_prior=False):
     Returns (posterior, confusions, the last Trained, every round's posterior)."""
     predicted, posteriors = agg.one_hot(bootstrap, ann.K), []
     for t in range(rounds):
-        posterior, confusions, _ = agg.mbem_step(ann, predicted, class_prior=class_prior)
+        if step == "one-coin":
+            prior = agg.estimate_prior(agg.one_hot(predicted.argmax(axis=1), ann.K)) if class_prior else None
+            posterior, confusions, _ = agg.one_coin_step(ann, predicted, prior=prior)
+        else:
+            posterior, confusions, _ = agg.mbem_step(ann, predicted, class_prior=class_prior)
         result = train(posterior, t)
         predicted = result.train_probs
         posteriors.append(posterior)
@@ -264,7 +270,8 @@ class Experiment:
         if algorithm == "mbem":
             bootstrap = self.bootstrap_model(seed, r, n, ann, fit)
             targets, confusions, trained, posteriors = mbem(
-                ann, bootstrap, lambda posterior, t: fit(posterior, f"mbem round {t + 1}"), c.rounds, c.class_prior)
+                ann, bootstrap, lambda posterior, t: fit(posterior, f"mbem round {t + 1}"), c.rounds, c.class_prior,
+                c.mbem_step)
             # each round's targets: how many are right, and the largest class's share (a collapse shows)
             extra["rounds"] = [{"label_accuracy": accuracy(hard),
                                 "top_class_share": float(np.bincount(hard).max() / len(hard))}

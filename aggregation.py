@@ -207,6 +207,68 @@ def mbem_step(ann, model_probs, hard=True, class_prior=False, smoothing="release
     return posterior(ann, confusions, prior), confusions, prior
 
 
+def with_annotator(ann, labels):
+    """`ann` with one more annotator, worker m, who labels every item: `labels` (n,)."""
+    items, workers = np.concatenate([ann.items, np.arange(ann.n)]), np.concatenate([ann.workers, np.full(ann.n, ann.m)])
+    return Annotations(items, workers, np.concatenate([ann.labels, labels]), ann.n, ann.m + 1, ann.K)
+
+
+def model_as_annotator(ann, model_probs, use_model=True, max_iter=100, tol=1e-7):
+    """Worker confusions with the model's own confusion separated out: Dawid-Skene on the labels
+    plus one more annotator, the model, who labels every item with its predicted class.
+
+    MBEM's M-step takes the model's predictions t for the truth, so it estimates
+    P(worker says l | model says k): a perfect worker looks as wrong as the model is. Here the
+    model is an annotator with a confusion C[k, t] = P(model says t | truth k) of its own, estimated
+    jointly with the workers' from the WMV start of the augmented labels, the model's vote
+    counted once on every item. The model sees every item, so C is estimated from all n of them;
+    the model and a worker are two views of each item, and the fit is unique up to a permutation of
+    the classes when the views are conditionally independent given the truth and most workers are
+    better than chance (a hammer's labels then pin down C). The model was trained on these labels,
+    so its errors lean towards them (the assumption is broken by as much as it memorised: little
+    after 10 epochs at r = 1, more with longer training).
+
+    use_model=True: the targets are P(y | labels, the model's prediction), the model's vote in the
+    E-step; False: P(y | labels) from the separated worker confusions, as MBEM's E-step has it.
+    Returns (posterior, worker confusions m x K x K, the model's confusion K x K)."""
+    hard = np.argmax(model_probs, axis=1)
+    result = dawid_skene(with_annotator(ann, hard), max_iter=max_iter, tol=tol)
+    confusions, model = result.confusions[:ann.m], result.confusions[ann.m]
+    targets = result.posterior if use_model else posterior(ann, confusions, result.prior)
+    return targets, confusions, model
+
+
+def one_coin_step(ann, model_probs, model_accuracy=None, top=0.1, prior=None):
+    """MBEM's M- and E-step for one-coin workers, corrected for the model's own accuracy.
+
+    Each worker a is right with probability alpha_a and otherwise labels uniformly at random
+    (pi_a = alpha_a I + (1 - alpha_a) / K; hammers and spammers are the ends). A worker's label
+    agrees with the model's prediction with probability alpha_a rho + (1 - alpha_a) / K, whatever
+    the model's errors, where rho is the model's accuracy on the training items, so
+    alpha_a = (agreement_a - 1/K) / (rho - 1/K), clipped to [0, 1]. MBEM's own step estimates
+    the product alpha_a rho, as if the model were right (rho = 1): a perfect worker comes out no
+    better than the model.
+
+    From one label per item, worker labels and the model's predictions fix only that product:
+    rho itself needs one more fact. `model_accuracy` gives it (from a few items of known class);
+    None estimates it under the assumption that the best workers are perfect, as the mean
+    agreement of the `top` share of workers with the most agreement (with 500 labels a worker, an
+    agreement is known to about 0.02). Returns (posterior, confusions m x K x K, rho)."""
+    predicted = np.argmax(model_probs, axis=1)
+    labelled = np.bincount(ann.workers, minlength=ann.m)
+    agree = np.bincount(ann.workers, weights=(ann.labels == predicted[ann.items]), minlength=ann.m)
+    agreement = agree / np.maximum(labelled, 1)
+    if model_accuracy is None:
+        active = np.flatnonzero(labelled)
+        best = np.sort(agreement[active])[::-1][:max(1, int(round(top * len(active))))]
+        model_accuracy = float(best.mean())
+    chance = 1.0 / ann.K
+    alpha = np.clip((agreement - chance) / max(model_accuracy - chance, 1e-6), 0.0, 1.0)
+    confusions = alpha[:, None, None] * np.eye(ann.K) + (1 - alpha[:, None, None]) * chance
+    confusions = normalise_confusions(confusions)  # perfect rows' zeros lifted to 1e-10, as the release smooths
+    return posterior(ann, confusions, prior), confusions, model_accuracy
+
+
 def worker_accuracy(confusions):
     """Per-worker accuracy under a uniform class distribution: mean of the diagonal of pi_a."""
     return np.diagonal(confusions, axis1=1, axis2=2).mean(axis=1)

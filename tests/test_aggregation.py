@@ -205,3 +205,52 @@ def test_labels_right_counts_labels_not_classes():
     ann = agg.Annotations.from_arrays(np.arange(6), [0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 0, 1], K=2)
     mv = agg.one_hot(ann.labels, 2)
     assert np.allclose(agg.labels_right(ann, agg.estimate_confusions(ann, mv), mv), 1.0)
+
+
+def weak_model_and_crowd(seed=0, n=20000, K=10, m=100, accuracy=0.5):
+    """Hammer-spammer workers (gamma 0.2) labelling each item once, and a model right on a share
+    `accuracy` of the items whose errors lean to the next class (a structured confusion, as a
+    real network's are), independent of the labels given the truth."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, K, n)
+    workers = noise_sim.simulate_workers(m, K, 0.2, rng)
+    ann = agg.Annotations(*noise_sim.simulate_labels(truth, workers, 1, rng), n, m, K)
+    wrong = np.where(rng.random(n) < 0.6, (truth + 1) % K, rng.integers(0, K, n))
+    predicted = np.where(rng.random(n) < accuracy, truth, wrong)
+    return ann, truth, workers, agg.one_hot(predicted, K)
+
+
+def test_one_coin_step_corrects_for_the_models_accuracy():
+    """From single labels and a model right half the time, MBEM's step rates a hammer at the
+    model's accuracy; the one-coin step, given the model's accuracy or estimating it from the best
+    workers, rates hammers near 1 and spammers near 0, and its targets are nearly the oracle's."""
+    ann, truth, workers, model = weak_model_and_crowd()
+    hammers = agg.worker_accuracy(workers) == 1
+    p_true = lambda targets: targets[np.arange(ann.n), truth].mean()  # noqa: E731
+    oracle = agg.posterior(ann, agg.normalise_confusions(workers))
+    release, release_confusions, _ = agg.mbem_step(ann, model)
+    assert agg.worker_accuracy(release_confusions)[hammers].mean() < 0.65
+    for known in (float((model.argmax(axis=1) == truth).mean()), None):
+        targets, confusions, rho = agg.one_coin_step(ann, model, model_accuracy=known)
+        accuracy = agg.worker_accuracy(confusions)
+        assert abs(rho - 0.5) < 0.05 and accuracy[hammers].mean() > 0.9 and accuracy[~hammers].mean() < 0.15
+        assert p_true(oracle) - p_true(targets) < 0.01 and p_true(oracle) - p_true(release) > 0.03
+    # rows stay distributions, smoothed as the release smooths (no zero entry: finite logs)
+    assert np.allclose(confusions.sum(axis=2), 1) and confusions.min() > 0
+
+
+def test_the_model_as_one_more_annotator_is_not_identifiable_from_single_labels():
+    """Two views of each item (one worker, the model) fit equally well with the model perfect and
+    each worker's confusion P(label | model's class): Dawid-Skene lands there, so its worker
+    estimates are no better than MBEM's step (docs/beyond-mbem.md). With three labels an item, it
+    separates them."""
+    ann, truth, workers, model = weak_model_and_crowd()
+    _, confusions, model_confusion = agg.model_as_annotator(ann, model, use_model=False)
+    assert np.diagonal(model_confusion).mean() > 0.9  # the model taken as right, as MBEM's step takes it
+    hammers = agg.worker_accuracy(workers) == 1
+    assert agg.worker_accuracy(confusions)[hammers].mean() < 0.7
+    rng = np.random.default_rng(1)
+    three = agg.Annotations(*noise_sim.simulate_labels(truth, workers, 3, rng), ann.n, ann.m, ann.K)
+    _, confusions, model_confusion = agg.model_as_annotator(three, model, use_model=False)
+    assert abs(np.diagonal(model_confusion).mean() - 0.5) < 0.05
+    assert agg.worker_accuracy(confusions)[hammers].mean() > 0.85

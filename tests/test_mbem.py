@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+import aggregation as agg
 import dataset
 import MBEM
 import noise_sim
@@ -566,3 +567,27 @@ def test_a_folder_in_use_is_refused_in_one_line_and_a_dead_runs_lock_is_taken_ov
         holder.wait()
     assert store.hold(str(out)).startswith(f"note: {out} was left by a run that did not finish (process {holder.pid}")
     assert store.hold(str(tmp_path / "fresh")) is None
+
+
+def test_mbem_rounds_each_train_on_the_last_models_step():
+    """Algorithm 1 with a stand-in trainer: each round's targets are the M-/E-step of the previous
+    model's predictions (the bootstrap's first), `rounds` trainings in all, and the one-coin step
+    in place of the release's when asked."""
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 10, 3000)
+    workers = noise_sim.simulate_workers(50, 10, 0.2, rng)
+    ann = agg.Annotations(*noise_sim.simulate_labels(truth, workers, 1, rng), 3000, 50, 10)
+    bootstrap = np.where(rng.random(3000) < 0.5, truth, rng.integers(0, 10, 3000))
+    seen = []
+
+    def train(posterior, t):  # a "model" whose predictions are its targets, a little sharpened
+        seen.append(posterior)
+        return MBEM.Trained(posterior ** 2 / (posterior ** 2).sum(axis=1, keepdims=True), None, [], None)
+
+    for step, expected in (("release", agg.mbem_step), ("one-coin", agg.one_coin_step)):
+        seen.clear()
+        targets, confusions, result, posteriors = MBEM.mbem(ann, bootstrap, train, rounds=3, step=step)
+        assert len(seen) == 3 and all(a is b for a, b in zip(seen, posteriors, strict=True))
+        assert np.allclose(seen[0], expected(ann, agg.one_hot(bootstrap, 10))[0])
+        assert np.allclose(seen[2], expected(ann, seen[1] ** 2 / (seen[1] ** 2).sum(axis=1, keepdims=True))[0])
+        assert targets is seen[2] and confusions.shape == (50, 10, 10)

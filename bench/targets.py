@@ -1,0 +1,132 @@
+"""How good are a worker estimator's training targets? Scored offline, with no training: a results
+folder's labels (regenerated from its config, exactly as MBEM.py drew them: each bootstrap file's
+labels digest is checked), the bootstrap model's predictions saved beside them, and the simulated
+truth. The oracle (the true confusions) is the ceiling, the release's MBEM step the floor.
+
+    python bench/targets.py results/cpu                 # every seed at every r of the folder
+    python bench/targets.py results/cpu --redundancy 1
+
+Per estimator and r, the mean over seeds of:
+  acc         the share of items whose target's argmax is the true class (a flat row counts as
+              its first class, as argmax has it: the oracle's spammer rows are flat);
+  p_true      the mean probability the target gives the true class (what the soft-target loss
+              pulls the network towards);
+  log p_true  its mean log (floor 1e-12): the cross-entropy of the targets against the truth;
+  sure right  the share of items whose target gives the true class at least 0.9;
+  sure wrong  the share whose target gives one wrong class at least 0.5;
+  worker MAE  the mean absolute error of each worker's accuracy (its confusion's mean diagonal).
+A line per seed follows with MBEM's and each candidate's p_true, to show the spread.
+
+Estimators (aggregation.py has each, with its model and assumptions):
+  oracle           the true confusions (the ceiling for targets from labels alone);
+  mbem             the release's step: the model's predictions taken for the truth;
+  annotator        Dawid-Skene with the model as one more annotator, targets from the labels;
+  annotator+model  the same, the model's vote in the targets too;
+  one-coin         one-coin workers, the model's accuracy rho estimated (the best workers perfect);
+  one-coin rho     the same given the model's true accuracy on its items (a diagnostic: it uses
+                   the truth, as a small set of known items would give it).
+"""
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+
+import numpy as np
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+import aggregation as agg  # noqa: E402
+import dataset as data  # noqa: E402
+import noise_sim  # noqa: E402
+import settings  # noqa: E402
+import store  # noqa: E402
+from MBEM import Experiment  # noqa: E402
+
+
+def candidates(ann, probs, workers, truth):
+    """name -> (targets n x K, confusions m x K x K) of each estimator."""
+    predicted = probs.argmax(axis=1)
+    oracle = np.maximum(workers, agg.RELEASE_ZERO)
+    oracle = oracle / oracle.sum(axis=2, keepdims=True)
+    found = {"oracle": (agg.posterior(ann, oracle), oracle)}
+    targets, confusions, _ = agg.mbem_step(ann, probs)
+    found["mbem"] = (targets, confusions)
+    targets, confusions, _ = agg.model_as_annotator(ann, probs, use_model=False)
+    found["annotator"] = (targets, confusions)
+    targets, confusions, _ = agg.model_as_annotator(ann, probs, use_model=True)
+    found["annotator+model"] = (targets, confusions)
+    targets, confusions, _ = agg.one_coin_step(ann, probs)
+    found["one-coin"] = (targets, confusions)
+    targets, confusions, _ = agg.one_coin_step(ann, probs, model_accuracy=float((predicted == truth).mean()))
+    found["one-coin rho"] = (targets, confusions)
+    return found
+
+
+def scores(targets, confusions, truth, workers, ann):
+    p_true = targets[np.arange(len(truth)), truth]
+    wrong = targets.copy()
+    wrong[np.arange(len(truth)), truth] = 0
+    active = np.bincount(ann.workers, minlength=ann.m) > 0
+    mae = np.abs(agg.worker_accuracy(confusions) - agg.worker_accuracy(workers))[active].mean()
+    return {"acc": float((targets.argmax(axis=1) == truth).mean()), "p_true": float(p_true.mean()),
+            "log p_true": float(np.log(np.maximum(p_true, 1e-12)).mean()), "sure right": float((p_true >= 0.9).mean()),
+            "sure wrong": float((wrong.max(axis=1) >= 0.5).mean()), "worker MAE": float(mae)}
+
+
+def folder_config(folder):
+    with open(os.path.join(folder, "results.json")) as f:
+        saved = json.load(f)["config"]
+    names = {f.name for f in fields(settings.Config)}
+    return settings.Config(**{k: v for k, v in saved.items() if k in names})
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", help="a results folder of simulated workers with bootstrap/ files")
+    p.add_argument("--redundancy", help="comma-separated r to score (default: every r with bootstrap files)")
+    args = p.parse_args(argv)
+    os.chdir(ROOT)  # a folder's config names its data relative to the checkout
+    config = folder_config(args.folder)
+    if config.annotations:
+        p.error(f"{args.folder}: real labels have no simulated truth to score targets against")
+    ds = data.load(config)
+    experiment = Experiment(config, ds, writer=False)
+    wanted = None if args.redundancy is None else {int(r) for r in args.redundancy.split(",")}
+    table, per_seed = {}, []
+    for seed in config.seeds:
+        workers = noise_sim.simulate_workers(config.workers, len(ds.classes), config.gamma,
+                                             np.random.default_rng(seed), config.worker_model, config.group_size)
+        for r, n in experiment.plan:
+            path = store.bootstrap_path(args.folder, seed, r, n)
+            if (wanted and r not in wanted) or not os.path.exists(path):
+                continue
+            items, ann, _ = experiment.labels(seed, r, n, workers)
+            predicted = store.load_bootstrap(path, ann)
+            if predicted is None:
+                p.error(f"{path} does not hold the predictions for these labels (its labels digest differs)")
+            probs = store.bootstrap_probabilities(path)
+            probs = agg.one_hot(predicted, ann.K) if probs is None else probs
+            truth = ds.train_labels[items]
+            found = candidates(ann, probs, workers, truth)
+            for name, (targets, confusions) in found.items():
+                table.setdefault((r, name), []).append(scores(targets, confusions, truth, workers, ann))
+            per_seed.append((r, seed, float((predicted == truth).mean()),
+                             {name: table[r, name][-1]["p_true"] for name in found}))
+    if not table:
+        p.error(f"{args.folder}: no bootstrap files for the redundancies asked for")
+    metrics = list(next(iter(table.values()))[0])
+    print(f"{args.folder}: {config.worker_model} gamma {config.gamma}, budget {config.budget}; means over seeds")
+    print(f"{'r':>2} {'estimator':16} {'seeds':>5} " + " ".join(f"{m:>10}" for m in metrics))
+    for (r, name), rows in table.items():
+        print(f"{r:>2} {name:16} {len(rows):>5} " + " ".join(f"{np.mean([x[m] for x in rows]):>10.4f}"
+                                                            for m in metrics))
+    print("p_true per seed (model: the bootstrap model's accuracy on its items)")
+    for r, seed, model, row in per_seed:
+        print(f"   r {r} seed {seed} model {model:.3f} " + " ".join(f"{k} {v:.4f}" for k, v in row.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
