@@ -63,7 +63,7 @@ QUEUE = (
     Folder("results/cifar10n", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV), "bf16", annotations=True),
     Folder("results/cpu-oracle", ("--preset", "cpu", "--algorithms", "oracle"), "bf16"),
     Folder("results/cpu-T2-prior", (*MBEM_R1, "--rounds", "1", "--class-prior"), "bf16", bootstrap="results/cpu"),
-    # beyond the paper: MBEM's M-step corrected for the model's accuracy (docs/beyond-mbem.md), before
+    # beyond the paper: MBEM's M-step corrected for the model's accuracy (docs/worker-estimates.md), before
     # T = 3 without q, as it asks whether MBEM can come within reach of the oracle at all
     Folder("results/cpu-one-coin", (*MBEM_R1, "--mbem-step", "one-coin"), "bf16", bootstrap="results/cpu"),
     Folder("results/cpu-T3", (*MBEM_R1, "--rounds", "2", "--no-class-prior"), "bf16", bootstrap="results/cpu"),

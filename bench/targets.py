@@ -53,12 +53,14 @@ def candidates(ann, probs, workers, truth):
     found = {"oracle": (agg.posterior(ann, oracle), oracle)}
     targets, confusions, _ = agg.mbem_step(ann, probs)
     found["mbem"] = (targets, confusions)
-    targets, confusions, _ = agg.model_as_annotator(ann, probs, use_model=False)
+    targets, confusions, model = agg.model_as_annotator(ann, probs, use_model=False)
     found["annotator"] = (targets, confusions)
+    found["annotator's model"] = float(np.diagonal(model).mean())  # the model's accuracy as Dawid-Skene has it
     targets, confusions, _ = agg.model_as_annotator(ann, probs, use_model=True)
     found["annotator+model"] = (targets, confusions)
-    targets, confusions, _ = agg.one_coin_step(ann, probs)
+    targets, confusions, rho = agg.one_coin_step(ann, probs)
     found["one-coin"] = (targets, confusions)
+    found["rho"] = rho  # the model's accuracy as one-coin estimates it
     targets, confusions, _ = agg.one_coin_step(ann, probs, model_accuracy=float((predicted == truth).mean()))
     found["one-coin rho"] = (targets, confusions)
     return found
@@ -110,9 +112,10 @@ def main(argv=None):
             probs = agg.one_hot(predicted, ann.K) if probs is None else probs
             truth = ds.train_labels[items]
             found = candidates(ann, probs, workers, truth)
+            rho, fitted = found.pop("rho"), found.pop("annotator's model")
             for name, (targets, confusions) in found.items():
                 table.setdefault((r, name), []).append(scores(targets, confusions, truth, workers, ann))
-            per_seed.append((r, seed, float((predicted == truth).mean()),
+            per_seed.append((r, seed, float((predicted == truth).mean()), rho, fitted,
                              {name: table[r, name][-1]["p_true"] for name in found}))
     if not table:
         p.error(f"{args.folder}: no bootstrap files for the redundancies asked for")
@@ -122,9 +125,11 @@ def main(argv=None):
     for (r, name), rows in table.items():
         print(f"{r:>2} {name:16} {len(rows):>5} " + " ".join(f"{np.mean([x[m] for x in rows]):>10.4f}"
                                                             for m in metrics))
-    print("p_true per seed (model: the bootstrap model's accuracy on its items)")
-    for r, seed, model, row in per_seed:
-        print(f"   r {r} seed {seed} model {model:.3f} " + " ".join(f"{k} {v:.4f}" for k, v in row.items()))
+    print("p_true per seed (model: the bootstrap model's accuracy on its items; rho: one-coin's estimate of it; "
+          "fitted: the annotator's estimate, its confusion's mean diagonal)")
+    for r, seed, model, rho, fitted, row in per_seed:
+        shown = " ".join(f"{k} {v:.4f}" for k, v in row.items())
+        print(f"   r {r} seed {seed} model {model:.3f} rho {rho:.3f} fitted {fitted:.3f} {shown}")
     return 0
 
 

@@ -242,7 +242,7 @@ def test_one_coin_step_corrects_for_the_models_accuracy():
 def test_the_model_as_one_more_annotator_is_not_identifiable_from_single_labels():
     """Two views of each item (one worker, the model) fit equally well with the model perfect and
     each worker's confusion P(label | model's class): Dawid-Skene lands there, so its worker
-    estimates are no better than MBEM's step (docs/beyond-mbem.md). With three labels an item, it
+    estimates are no better than MBEM's step (docs/worker-estimates.md). With three labels an item, it
     separates them."""
     ann, truth, workers, model = weak_model_and_crowd()
     _, confusions, model_confusion = agg.model_as_annotator(ann, model, use_model=False)
