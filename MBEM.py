@@ -14,6 +14,7 @@ resnet.train or resnet_torch.train -> test error -> a cell in results.json -> re
 Settings are settings.py's; results and bootstrap files are store.py's.
 """
 
+import json
 import os
 import sys
 import time
@@ -184,6 +185,7 @@ class Experiment:
             options["crowd"] = (head, np.concatenate([workers, pad]), np.concatenate([labels, pad]))
         history = []
         for stage in range(2 if c.two_stage else 1):
+            checkpoint = self.checkpoint(f"{tag} n {len(items)} stage {stage + 1}", seed, items, targets, crowd)
             if grouped is not None:
                 stage_targets = grouped.batch_targets(targets)
             else:
@@ -194,7 +196,8 @@ class Experiment:
                                      select_epoch=c.select_epoch, val=self.validation,
                                      test=(ds.test_images, ds.test_labels) if c.select_epoch == "test" else None,
                                      pad=c.augment_pad, shuffle=c.shuffle, precision=self.precision,
-                                     compile=c.compile, desc=f"{tag} stage {stage + 1}", **options)
+                                     compile=c.compile, desc=f"{tag} stage {stage + 1}", checkpoint=checkpoint,
+                                     **options)
             history += [dict(record, stage=stage + 1) for record in h]
             options.pop("crowd", None)  # a second stage trains on the first's predictions
             augment = {"pad": c.augment_pad, "rng": np.random.default_rng([seed, stage])} if c.predict_augmented else {}
@@ -205,6 +208,14 @@ class Experiment:
         if crowd is None:
             self.trained.setdefault(key, []).append((given.copy(), result))
         return result
+
+    def checkpoint(self, name, seed, items, targets, crowd):
+        """Where a training keeps its state after each epoch (under --out, removed once it is done),
+        keyed by everything that decides it: a killed run's next command resumes at that epoch."""
+        key = store.digest(np.frombuffer(json.dumps([settings.comparable(self.config), seed, name, crowd is not None],
+                                                    sort_keys=True, default=str).encode(), np.uint8))
+        key += store.digest(items) + store.digest(np.asarray(targets))
+        return pipeline.Checkpoint(os.path.join(self.config.out, "checkpoints", name.replace(" ", "-") + ".ckpt"), key)
 
     def labels(self, seed, r, n, workers):
         """(training images of the n items, their labels at redundancy r, each worker's true

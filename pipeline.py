@@ -15,6 +15,7 @@ import queue
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -199,6 +200,15 @@ class Epochs:
         return tqdm(batches_, total=total, disable=not (self.progress and sys.stderr.isatty()),
                     desc=f"{self.desc} epoch {epoch}/{self.epochs}", leave=False, unit="batch")
 
+    def state(self):
+        """What a checkpoint keeps of the record: the epochs so far and the best one's weights."""
+        return {"history": self.history, "best": self.best, "best_state": self.best_state}
+
+    def restore(self, state, resumed_from):
+        self.history, self.best, self.best_state = state["history"], state["best"], state["best_state"]
+        if self.progress:
+            tqdm.write(f"{self.desc}: resumed after epoch {len(self.history)} of {self.epochs} from {resumed_from}")
+
     def end(self, loss_sum, correct, seen, updates, lr, images, accuracy, snapshot):
         """Record the epoch just trained (call after the reads that wait for its last step);
         accuracy(images, labels) scores the model, snapshot() copies its weights when it is the best."""
@@ -216,3 +226,14 @@ class Epochs:
         if self.select != "last" and record[f"{self.select}_acc"] > self.best:
             self.best, self.best_state = record[f"{self.select}_acc"], snapshot()
         return record
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a training keeps its state at the end of each epoch, and what it is a state of: `key`
+    digests everything that decides the training (the caller's settings, seed, items and
+    targets), so a file left by another training is never resumed. The trainer writes it
+    atomically after every epoch but the last and removes it when the training is done."""
+
+    path: str
+    key: str

@@ -26,7 +26,9 @@ two processes oversubscribing the cores slow each other down by far more than ha
 
 import json
 import os
+import pickle
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 
@@ -173,6 +175,31 @@ def save_model(model, path, meta):
     atomic_write(path + ".json", json.dumps(dict(meta)).encode())
 
 
+def save_checkpoint(checkpoint, net, trainer, rng, log):
+    """One pickle: the weights and the best epoch's as numpy, the trainer's states as MXNet writes them."""
+    os.makedirs(os.path.dirname(os.path.abspath(checkpoint.path)), exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:  # and writes them to a file only
+        trainer.save_states(os.path.join(folder, "states"))
+        with open(os.path.join(folder, "states"), "rb") as f:
+            states = f.read()
+    record = log.state()
+    if record["best_state"] is not None:
+        record = dict(record, best_state={k: v.asnumpy() for k, v in record["best_state"].items()})
+    state = {"key": checkpoint.key, "net": {k: v.data().asnumpy() for k, v in net.collect_params().items()},
+             "trainer": states, "rng": rng.bit_generator.state, "log": record}
+    atomic_write(checkpoint.path, pickle.dumps(state))
+
+
+def load_checkpoint(checkpoint):
+    """The state a checkpoint file holds for this very training, or None (none, unreadable, or another's)."""
+    try:  # the run's own file
+        with open(checkpoint.path, "rb") as f:
+            saved = pickle.load(f)
+    except (OSError, EOFError, ValueError, pickle.UnpicklingError):
+        return None
+    return saved if isinstance(saved, dict) and saved.get("key") == checkpoint.key else None
+
+
 def load_model(path, gpus=None):
     """(Model, meta) from save_model's files, on the CPU or `gpus`: predict_proba(model, images)
     gives the class probabilities, columns in the order of meta["classes"]."""
@@ -203,7 +230,7 @@ def accuracy(model, images, labels, batch_size=500):
 
 def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
           select_epoch="last", val=None, test=None, pad=4, shuffle=True, precision="fp32", compile=False,
-          progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS, crowd=None):
+          progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS, crowd=None, checkpoint=None):
     """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image
     that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
 
@@ -211,7 +238,11 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
     padding (0: no augmentation); shuffle=False keeps one batch order for every epoch (the
     release). Only full batches are trained on. devices: explicit contexts (tests run the
     multi-device path on CPU contexts). `crowd` (end-to-end crowd heads) is the torch trainer's
-    alone. Returns (model, history), history as pipeline.Epochs keeps it.
+    alone. checkpoint (a pipeline.Checkpoint) keeps the state after each epoch and resumes from it:
+    the weights, the optimizer's momentum and update count (its learning-rate position), the
+    batch order's random state and the record. MXNet's oneDNN kernels are not deterministic, so a
+    resumed training ends as close to an uninterrupted one as two uninterrupted runs are to each
+    other (docs/backends.md). Returns (model, history), history as pipeline.Epochs keeps it.
     """
     if crowd is not None:
         raise ValueError("crowd heads (Crowd Layer, CoNAL) train on the torch trainer: --backend torch")
@@ -227,7 +258,21 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
                                                     base_lr=lr)
     trainer = nag(net, lr, schedule)
     log = Epochs(select_epoch, val, test, desc, epochs, progress)
-    for _ in range(epochs):
+    first = 0
+    if checkpoint is not None and (saved := load_checkpoint(checkpoint)) is not None:
+        for c in contexts:  # one pass finishes Gluon's deferred initialisation, which set_data needs
+            net(mx.nd.zeros((1, *images.shape[1:]), ctx=c))
+        for k, v in net.collect_params().items():
+            v.set_data(mx.nd.array(saved["net"][k], dtype=saved["net"][k].dtype))
+        with tempfile.TemporaryDirectory() as folder:  # MXNet reads optimizer states from a file only
+            with open(os.path.join(folder, "states"), "wb") as f:
+                f.write(saved["trainer"])
+            trainer.load_states(os.path.join(folder, "states"))
+        rng.bit_generator.state, first = saved["rng"], len(saved["log"]["history"])
+        best = saved["log"]["best_state"]
+        log.restore(dict(saved["log"], best_state=best and {k: mx.nd.array(v) for k, v in best.items()}),
+                    checkpoint.path)
+    for epoch in range(first, epochs):
         loss_sum = [mx.nd.zeros(1, ctx=c) for c in contexts]
         correct = [mx.nd.zeros(1, ctx=c) for c in contexts]
         counted = [mx.nd.zeros(1, ctx=c) for c in contexts]
@@ -248,6 +293,10 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
         log.end(*total, trainer.optimizer.num_update, trainer.learning_rate, steps * batch_size,
                 lambda x, y: accuracy(model, x, y),
                 lambda: {k: v.data(contexts[0]).copy() for k, v in net.collect_params().items()})
+        if checkpoint is not None and epoch + 1 < epochs:
+            save_checkpoint(checkpoint, net, trainer, rng, log)
+    if checkpoint is not None and os.path.exists(checkpoint.path):
+        os.remove(checkpoint.path)
     if log.best_state is not None:
         for k, v in net.collect_params().items():
             v.set_data(log.best_state[k])

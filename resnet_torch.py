@@ -31,6 +31,7 @@ run is the single-process one with the batch split across devices.
 
 import copy
 import os
+import pickle
 import warnings
 from dataclasses import dataclass
 
@@ -222,6 +223,22 @@ def save_model(model, path, meta):
         torch.save({"state": state, "meta": dict(meta)}, tmp)
 
 
+def save_checkpoint(checkpoint, state):
+    os.makedirs(os.path.dirname(os.path.abspath(checkpoint.path)), exist_ok=True)
+    with replacing(checkpoint.path) as tmp:
+        torch.save(dict(state, key=checkpoint.key), tmp)
+
+
+def load_checkpoint(checkpoint):
+    """The state a checkpoint file holds for this very training, or None (no file, an unreadable
+    one, or another training's: then it trains from the start and the file is overwritten)."""
+    try:  # the run's own file, holding optimizer and random states as well as tensors
+        saved = torch.load(checkpoint.path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        return None
+    return saved if isinstance(saved, dict) and saved.get("key") == checkpoint.key else None
+
+
 def load_model(path, gpus=None):
     """(Model, meta) from save_model's file, on the CPU or the first of `gpus`: predict_proba(model,
     images) gives the class probabilities, columns in the order of meta["classes"]."""
@@ -271,14 +288,18 @@ def nag(net, lr):
 
 def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
           select_epoch="last", val=None, test=None, pad=4, shuffle=True, precision="fp32", compile=False,
-          progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS, crowd=None):
+          progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS, crowd=None, checkpoint=None):
     """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image
     that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
     The arguments are resnet.train's; precision 'bf16' autocasts, compile runs torch.compile.
     crowd = (head, workers, labels) trains end to end on every label instead (Crowd Layer,
     CoNAL: crowd_methods.py): the head maps the network's output to each worker's answer, and
     workers and labels (n x slots, -1 for none) give each image's labels; the targets then only
-    count the training accuracy. Returns (model, history), history as pipeline.Epochs keeps it."""
+    count the training accuracy. checkpoint (a pipeline.Checkpoint) keeps the whole state after each
+    epoch and resumes from it: the weights, both optimizers, the epoch's random states and the
+    record, so that a resumed training ends bit for bit where an uninterrupted one does (on the CPU;
+    on a GPU as far as its kernels are deterministic). Returns (model, history), history as
+    pipeline.Epochs keeps it."""
     rank, world = distributed()
     if crowd is not None and world > 1:
         raise ValueError("a crowd head trains in one process (its matrices are not synchronised across GPUs)")
@@ -304,8 +325,17 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
     drops = update_steps(steps * epochs, milestones)
     log = Epochs(select_epoch, val, test, desc, epochs, progress and not rank)
     local = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
-    update = 0
-    for _ in range(epochs):
+    update, first = 0, 0
+    if checkpoint is not None and (saved := load_checkpoint(checkpoint)) is not None:
+        net.load_state_dict(saved["net"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if head is not None:
+            head.load_state_dict(saved["head"])
+            head_optimizer.load_state_dict(saved["head_optimizer"])
+        rng.bit_generator.state, update, first = saved["rng"], saved["update"], len(saved["log"]["history"])
+        torch.set_rng_state(saved["torch_rng"])
+        log.restore(saved["log"], checkpoint.path)
+    for epoch in range(first, epochs):
         net.train()
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, rows with a target
         for x, idx in log.bar(batches(images, batch_size, rng, shuffle=shuffle, pad=pad, drop_last=True), steps):
@@ -342,6 +372,13 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
                 dist.broadcast(buffer, 0)
         log.end(loss_sum, correct, seen, update, learning_rate(lr, update, drops), steps * batch_size,
                 lambda x, y: accuracy(model, x, y), lambda: copy.deepcopy(net.state_dict()))
+        if checkpoint is not None and rank == 0 and epoch + 1 < epochs:
+            save_checkpoint(checkpoint, {
+                "net": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "update": update, "log": log.state(),
+                **({"head": head.state_dict(), "head_optimizer": head_optimizer.state_dict()} if head else {})})
+    if checkpoint is not None and rank == 0 and os.path.exists(checkpoint.path):
+        os.remove(checkpoint.path)
     if log.best_state is not None:
         net.load_state_dict(log.best_state)
     if world > 1:

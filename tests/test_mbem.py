@@ -320,10 +320,34 @@ def test_the_machine_names_the_cpu_flags_that_matter():
     assert set(store.machine()) == {"cpu", "cpu_flags", "cores"}
 
 
+@pytest.mark.slow
+def test_a_run_killed_mid_training_resumes_at_its_last_epoch(torch_smoke, tmp_path):
+    """SIGKILL while a training has a checkpoint on disk: the same command resumes that training at
+    its epoch (saying so) rather than from the first, and every cell equals the uninterrupted run's."""
+    out = tmp_path / "mid"
+    proc = subprocess.Popen([sys.executable, SCRIPT, *TORCH_SMOKE, "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("*.ckpt")):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    result = run(*TORCH_SMOKE, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ": resumed after epoch " in result.stdout + result.stderr
+    assert not list((out / "checkpoints").glob("*.ckpt"))
+    resumed = json.loads((out / "results.json").read_text())["cells"]
+    uninterrupted = json.loads((torch_smoke / "results.json").read_text())["cells"]
+    assert [untimed(c) for c in resumed] == [untimed(c) for c in uninterrupted]
+
+
 def untimed(cell):
     """A cell without what the clock measured (its seconds and speeds, its epochs' too)."""
     clock = ("wall_seconds", "train_img_per_s", "seconds", "img_per_s")
-    kept = {k: v for k, v in cell.items() if k not in clock}
+    kept = {k: v for k, v in cell.items() if k not in (*clock, "machine")}
     kept["history"] = [{k: v for k, v in h.items() if k not in clock} for h in cell["history"]]
     return kept
 

@@ -94,3 +94,4 @@ def test_bf16_and_fp32_learn_real_cifar_alike():
         errors[precision] = 1 - resnet_torch.accuracy(model, test_images, test_labels)
     assert errors["bf16"] < 0.7  # chance: 0.9
     assert abs(errors["bf16"] - errors["fp32"]) <= 0.03, errors
+
