@@ -238,18 +238,25 @@ def plot_error(results, out):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     top5 = summarise(results["cells"], "test_error_top5")
-    for i, (algorithm, by_r) in enumerate(summarise(results["cells"]).items()):
+    table = summarise(results["cells"])
+    single = all(len(values) == 1 for by_r in table.values() for values in by_r.values())
+    for i, (algorithm, by_r) in enumerate(table.items()):
         rs = sorted(by_r)
         color = f"C{i}"
+        # each method a little to the side of r, so that equal points (MV, WMV and EM share one model
+        # at r = 1) stay visible side by side
+        x = np.array(rs, dtype=float) + 0.06 * (i - (len(table) - 1) / 2)
         sd = [0.0 if math.isnan(s) else s for s in (spread(by_r[r]) for r in rs)]  # one seed: no bar
-        ax.errorbar(rs, [np.mean(by_r[r]) for r in rs], yerr=sd, marker="o", capsize=3,
+        ax.errorbar(x, [np.mean(by_r[r]) for r in rs], yerr=sd, marker="o", capsize=3,
                     color=color, linestyle="--" if top5 else "-", label=NAMES.get(algorithm, algorithm))
         if algorithm in top5:  # the paper's ImageNet figure: solid top-5, dashed top-1
-            ax.plot(rs, [np.mean(top5[algorithm][r]) for r in rs], marker="s", color=color)
+            ax.plot(x, [np.mean(top5[algorithm][r]) for r in rs], marker="s", color=color)
     ax.set_xticks(sorted({cell["redundancy"] for cell in results["cells"]}))
-    ax.set_xlabel("redundancy r (labels per item), fixed budget")
+    budget = results["config"].get("budget")
+    ax.set_xlabel(f"redundancy r (labels per item), fixed budget{f' of {budget:,} labels' if budget else ''}")
     ax.set_ylabel("test error (top-1 dashed, top-5 solid)" if top5 else "test error (top-1)")
-    ax.set_title(title(results["config"], results["cells"]) + " (mean and sample std)", fontsize=8)
+    ax.set_title(title(results["config"], results["cells"]) + (" (one seed)" if single else " (mean and sample std)"),
+                 fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -267,6 +274,8 @@ def plot_worker_accuracy(results, out):
     if not algorithms or not rs:
         return False
     rows = sorted({rs[0], rs[-1]})
+    config = results["config"]
+    hammer_spammer = config.get("worker_model") == "hammer-spammer" and not config.get("annotations")
     plt = pyplot()
     fig, axes = plt.subplots(len(rows), len(algorithms), figsize=(3 * len(algorithms), 3 * len(rows)),
                              squeeze=False, sharex=True, sharey=True)
@@ -276,6 +285,9 @@ def plot_worker_accuracy(results, out):
             est, true = worker_points(cells, algorithm, r)
             ax.plot([0, 1], [0, 1], color="0.6", linewidth=1)
             ax.scatter(true, est, s=8, alpha=0.5)
+            if hammer_spammer and len(true):  # the two clusters of true accuracy, named
+                ax.annotate("hammers", (max(true), 0.02), ha="right", fontsize=7, color="0.4")
+                ax.annotate("spammers\n(chance)", (min(true) + 0.02, 0.02), fontsize=7, color="0.4")
             fit = agreement(est, true)
             corr = "" if fit["correlation"] is None else f", correlation {fit['correlation']:.2f}"
             ax.set_title(f"{NAMES[algorithm]}, r = {r}\nmean abs error {fit['mae']:.3f}{corr}", fontsize=8)
@@ -329,10 +341,13 @@ def format_table(results):
         if not table:
             continue
         rs = sorted({r for by_r in table.values() for r in by_r})
-        lines += [f"\n{metric}, mean +- sample std over seeds", " " * 22 + "".join(f"r={r:<13}" for r in rs)]
+        single = all(len(values) == 1 for by_r in table.values() for values in by_r.values())
+        what = "one seed" if single else "mean +- sample std over seeds"
+        lines += [f"\n{metric}, {what}", " " * 22 + "".join(f"r={r:<13}" for r in rs)]
         for algorithm, by_r in table.items():
-            lines.append(f"{algorithm:<22}" + "".join(f"{np.mean(by_r[r]):.3f} +- {format_spread(by_r[r])}  "
-                                                      if r in by_r else " " * 15 for r in rs))
+            lines.append(f"{algorithm:<22}" + "".join(
+                " " * 15 if r not in by_r else f"{by_r[r][0]:.3f}{' ' * 10}" if single else
+                f"{np.mean(by_r[r]):.3f} +- {format_spread(by_r[r])}  " for r in rs))
     return "\n".join(lines)
 
 
