@@ -82,6 +82,9 @@ def read_answers(path):
                          f"({delimiter!r}); write it with commas")
     columns = [find_column(list(frame.columns), aliases, path)
                for aliases in (ITEM_COLUMNS, WORKER_COLUMNS, LABEL_COLUMNS)]
+    if extra := [str(c) for c in frame.columns if c not in columns]:
+        print(f"note: {path}: column{'s' * (len(extra) > 1)} {','.join(extra)} not read (only item, worker and "
+              "label are)", file=sys.stderr)
     if frame.empty:
         raise InputError(f"{path}: no labels after the header")
     (items, item_names), (workers, worker_names), (raw_labels, seen) = (clean_codes(frame[c]) for c in columns)
@@ -195,6 +198,13 @@ def main(argv=None):
             model, model_classes = api.model_table(read_table(args.model_probs, "item"), item_names)
             ann, classes = api.relabel(ann, classes, model_classes), model_classes
         truth = read_table(args.truth, "item", "label") if args.truth else None
+        if truth is not None and (foreign := sorted(set(truth) - set(classes))):
+            said = f"its labels {','.join(map(str, foreign[:5]))} are not among the answers' labels " \
+                   f"{','.join(map(str, classes[:10]))}"
+            if len(foreign) == len(set(truth)):  # nothing in common: every accuracy would be 0
+                raise InputError(f"--truth {args.truth}: {said}: write the truth in the answers' labels")
+            print(f"warning: --truth {args.truth}: {said}; its items of those classes count as wrong",
+                  file=sys.stderr)
     except (InputError, ValueError) as err:
         print("error: " + str(err).replace("\n", "\\n").replace("\r", "\\r"), file=sys.stderr)  # one line
         return 2

@@ -241,16 +241,26 @@ def plan(config):
     return [list(p) for p in config.plan or []]
 
 
-def parser(description):
+def as_flag(value):
+    """A setting's value as its flag takes it: 1,3,5 for a list, 13:4000,1:50000 for a plan."""
+    if isinstance(value, list | tuple):
+        return ",".join(":".join(map(str, v)) if isinstance(v, list | tuple) else str(v) for v in value)
+    return str(value)
+
+
+def parser(description, preset_name="paper"):
+    """The command line, its help showing the defaults of `preset_name` (what the run would get)."""
     p = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                   help="base settings; the flags below override them (default: paper)")
+                   help=f"base settings; the flags below override them (default: paper; the defaults shown are "
+                        f"the {preset_name} preset's)")
     for s in SETTINGS:
-        default = PRESETS["paper"].get(s.name, s.default)  # what a run without --preset gets
-        shown = f" (default: {default})" if default not in (None, []) and not s.switch else ""
+        default = PRESETS[preset_name].get(s.name, s.default)  # what a run with this preset gets
         if s.switch:
-            p.add_argument(s.flag, action=argparse.BooleanOptionalAction, default=None, help=s.help)
+            p.add_argument(s.flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{s.help} (default: {'on' if default else 'off'})")
         else:
+            shown = f" (default: {as_flag(default)})" if default not in (None, []) else ""
             p.add_argument(s.flag, type=s.type, choices=s.choices, help=s.help + shown)
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved settings, the cells and trainings to run and an estimated time (from "
@@ -263,7 +273,10 @@ def parser(description):
 def parse(argv=None, description=None):
     """(Config, argparse args, parser): the preset's settings, then every flag given on top. A sweep
     given on the command line (--redundancy or --plan) replaces the preset's, whichever it is."""
-    p = parser(description)
+    first = argparse.ArgumentParser(add_help=False)  # the preset first: --help shows its defaults
+    first.add_argument("--preset")
+    chosen = first.parse_known_args(argv)[0].preset
+    p = parser(description, chosen if chosen in PRESETS else "paper")
     args = p.parse_args(argv)
     given = {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name) is not None}
     if "plan" in given and "redundancy" in given:

@@ -240,3 +240,19 @@ def test_the_readmes_aggregation_command_runs_as_printed(answers, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "posterior.csv").stat().st_size > 0 and (tmp_path / "workers.csv").stat().st_size > 0
+
+
+def test_truth_in_other_labels_is_refused_and_extra_columns_are_named(tmp_path):
+    """0/1 truth for duck/notduck answers would print accuracy 0.0000: refused, naming both label
+    sets; a truth with one class the answers lack is a warning; an unread column is named once."""
+    answers, truth = tmp_path / "answers.csv", tmp_path / "truth.csv"
+    answers.write_text("item,worker,label,seconds\na,w1,duck,3\na,w2,notduck,4\nb,w1,notduck,2\nb,w2,notduck,5\n")
+    truth.write_text("item,label\na,1\nb,0\n")
+    result = run(answers, "--truth", truth, "--out", tmp_path / "out.csv")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and not (tmp_path / "out.csv").exists()
+    assert "its labels 0,1 are not among the answers' labels duck,notduck" in result.stderr
+    assert "note: " in result.stderr and "column seconds not read" in result.stderr
+    truth.write_text("item,label\na,duck\nb,goose\n")
+    result = run(answers, "--truth", truth, "--out", tmp_path / "out.csv")
+    assert result.returncode == 0 and "warning: --truth" in result.stderr and "goose" in result.stderr
+    assert "truth: accuracy" in result.stderr

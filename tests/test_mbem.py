@@ -615,3 +615,16 @@ def test_mbem_rounds_each_train_on_the_last_models_step():
         assert np.allclose(seen[0], expected(ann, agg.one_hot(bootstrap, 10))[0])
         assert np.allclose(seen[2], expected(ann, seen[1] ** 2 / (seen[1] ** 2).sum(axis=1, keepdims=True))[0])
         assert targets is seen[2] and confusions.shape == (50, 10, 10)
+
+
+def test_help_shows_the_chosen_presets_defaults_as_flags_take_them(capsys):
+    for argv, expected in ((["--help"], ["(default: 13:4000,7:7000,5:10000,3:17000,1:50000)", "(default: mv,wmv,mbem)",
+                                         "the defaults shown are the paper preset's"]),
+                           (["--preset", "demo", "--help"], ["the defaults shown are the demo preset's",
+                                                             "(default: 1,2,4)"])):
+        with pytest.raises(SystemExit):
+            settings.parse(argv, "x")
+        shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+        assert all(e in shown for e in expected), expected
+        assert "['" not in shown and "[[" not in shown
+        assert "(default: on)" in shown and "(default: off)" in shown
