@@ -89,8 +89,10 @@ class Experiment:
     """Everything one run shares: the data, the split, the labels (simulated or real), the plan of
     (r, n) cells, the models trained so far."""
 
-    def __init__(self, config, ds, writer=True):
+    def __init__(self, config, ds, writer=True, verbose=False):
         self.config, self.ds, self.writer = config, ds, writer
+        # every epoch's line in the run's log file (not the screen, which has the cells' lines, unless -v)
+        self.epoch_log = pipeline.EpochLog(os.path.join(config.out, "train.log"), verbose) if writer else None
         N = len(ds.train_images)
         # The items are the first n of one fixed shuffle (the same for every seed and redundancy):
         # class-folder trees come sorted by class, so CIFAR's own "first n" needs replacing.
@@ -197,7 +199,7 @@ class Experiment:
                                      test=(ds.test_images, ds.test_labels) if c.select_epoch == "test" else None,
                                      pad=c.augment_pad, shuffle=c.shuffle, precision=self.precision,
                                      compile=c.compile, desc=f"{tag} stage {stage + 1}", checkpoint=checkpoint,
-                                     **options)
+                                     epoch_log=self.epoch_log, **options)
             history += [dict(record, stage=stage + 1) for record in h]
             options.pop("crowd", None)  # a second stage trains on the first's predictions
             augment = {"pad": c.augment_pad, "rng": np.random.default_rng([seed, stage])} if c.predict_augmented else {}
@@ -427,7 +429,7 @@ def main(argv=None):
         store.check_writable(config.out)
     store.load_results(config)  # a different config there is refused before the data loads
     ds = data.load(config)
-    experiment = Experiment(config, ds, writer=rank == 0)
+    experiment = Experiment(config, ds, writer=rank == 0, verbose=args.verbose)
     if rank == 0 and not args.dry_run:  # one run per folder: a second would overwrite the first's cells
         if note := store.hold(config.out):
             print(note, file=sys.stderr, flush=True)
@@ -451,7 +453,8 @@ def main(argv=None):
     if rank == 0:
         if any(not runs(r, a) for r, _ in experiment.plan for a in config.algorithms):
             print("crowdlab: no r = 1 cells (cleanlab refuses items that have one label each)", flush=True)
-        print(f"{len(left)} of {len(todo)} cells to run; results in {config.out}", flush=True)
+        print(f"{len(left)} of {len(todo)} cells to run; results in {config.out}, every epoch in "
+              f"{experiment.epoch_log.path}{'' if args.verbose else ' (-v: on the screen too)'}", flush=True)
     work, started = {cell: cell[2] * (config.rounds if cell[3] == "mbem" else 1) for cell in left}, time.time()
     for seed in config.seeds:
         workers = None if config.annotations else noise_sim.simulate_workers(

@@ -185,12 +185,21 @@ class Epochs:
     the targets), lr (of the epoch's last update), updates (so far), img_per_s, seconds, and
     val_acc / test_acc when those sets are given."""
 
-    def __init__(self, select_epoch, val, test, desc, epochs, progress):
+    def __init__(self, select_epoch, val, test, desc, epochs, progress, log=None):
         self.monitor = {name: data for name, data in (("val", val), ("test", test)) if data is not None}
         if select_epoch != "last" and select_epoch not in self.monitor:
             raise ValueError(f"select_epoch={select_epoch!r} needs {select_epoch} images and labels")
-        self.select, self.desc, self.epochs, self.progress = select_epoch, desc, epochs, progress
+        self.select, self.desc, self.epochs, self.progress, self.log = select_epoch, desc, epochs, progress, log
         self.history, self.best, self.best_state = [], -1.0, None
+
+    def say(self, line, always=False):
+        """A line about the training: into the run's log file when it has one (EpochLog), on the
+        screen unless that log keeps it off it (`always`: on the screen in any case)."""
+        if self.log is not None:
+            with open(self.log.path, "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        if self.progress and (self.log is None or self.log.screen or always):
+            tqdm.write(line)
 
     def bar(self, batches_, total):
         """The epoch's batches, with a progress bar on a terminal; in a log file (stderr not a
@@ -206,8 +215,8 @@ class Epochs:
 
     def restore(self, state, resumed_from):
         self.history, self.best, self.best_state = state["history"], state["best"], state["best_state"]
-        if self.progress:
-            tqdm.write(f"{self.desc}: resumed after epoch {len(self.history)} of {self.epochs} from {resumed_from}")
+        self.say(f"{self.desc}: resumed after epoch {len(self.history)} of {self.epochs} from {resumed_from}",
+                 always=True)
 
     def end(self, loss_sum, correct, seen, updates, lr, images, accuracy, snapshot):
         """Record the epoch just trained (call after the reads that wait for its last step);
@@ -219,10 +228,9 @@ class Epochs:
         for name, (x, y) in self.monitor.items():
             record[f"{name}_acc"] = accuracy(x, y)
         self.history.append(record)
-        if self.progress:
-            extra = "".join(f" {k} {record[k]:.3f}" for k in ("val_acc", "test_acc") if k in record)
-            tqdm.write(f"{self.desc} epoch {record['epoch']}/{self.epochs} loss {record['loss']:.3f} "
-                       f"train_acc {record['train_acc']:.3f}{extra} {record['img_per_s']:.0f} img/s")
+        extra = "".join(f" {k} {record[k]:.3f}" for k in ("val_acc", "test_acc") if k in record)
+        self.say(f"{self.desc} epoch {record['epoch']}/{self.epochs} loss {record['loss']:.3f} "
+                 f"train_acc {record['train_acc']:.3f}{extra} {record['img_per_s']:.0f} img/s")
         if self.select != "last" and record[f"{self.select}_acc"] > self.best:
             self.best, self.best_state = record[f"{self.select}_acc"], snapshot()
         return record
@@ -237,3 +245,12 @@ class Checkpoint:
 
     path: str
     key: str
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """Where a run's per-epoch lines go: appended to `path` (MBEM.py: <out>/train.log), and on the
+    screen too when `screen` (MBEM.py -v); a terminal shows a progress bar either way."""
+
+    path: str
+    screen: bool = False

@@ -230,7 +230,8 @@ def accuracy(model, images, labels, batch_size=500):
 
 def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
           select_epoch="last", val=None, test=None, pad=4, shuffle=True, precision="fp32", compile=False,
-          progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS, crowd=None, checkpoint=None):
+          progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS, crowd=None, checkpoint=None,
+          epoch_log=None):
     """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image
     that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
 
@@ -242,7 +243,8 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
     the weights, the optimizer's momentum and update count (its learning-rate position), the
     batch order's random state and the record. MXNet's oneDNN kernels are not deterministic, so a
     resumed training ends as close to an uninterrupted one as two uninterrupted runs are to each
-    other (docs/backends.md). Returns (model, history), history as pipeline.Epochs keeps it.
+    other (docs/backends.md). epoch_log (a pipeline.EpochLog) takes the per-epoch lines (else the
+    screen). Returns (model, history), history as pipeline.Epochs keeps it.
     """
     if crowd is not None:
         raise ValueError("crowd heads (Crowd Layer, CoNAL) train on the torch trainer: --backend torch")
@@ -257,7 +259,7 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
     schedule = mx.lr_scheduler.MultiFactorScheduler(step=update_steps(steps * epochs, milestones), factor=0.1,
                                                     base_lr=lr)
     trainer = nag(net, lr, schedule)
-    log = Epochs(select_epoch, val, test, desc, epochs, progress)
+    log = Epochs(select_epoch, val, test, desc, epochs, progress, epoch_log)
     first = 0
     if checkpoint is not None and (saved := load_checkpoint(checkpoint)) is not None:
         for c in contexts:  # one pass finishes Gluon's deferred initialisation, which set_data needs

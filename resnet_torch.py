@@ -288,7 +288,8 @@ def nag(net, lr):
 
 def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
           select_epoch="last", val=None, test=None, pad=4, shuffle=True, precision="fp32", compile=False,
-          progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS, crowd=None, checkpoint=None):
+          progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS, crowd=None, checkpoint=None,
+          epoch_log=None):
     """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image
     that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
     The arguments are resnet.train's; precision 'bf16' autocasts, compile runs torch.compile.
@@ -298,8 +299,8 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
     count the training accuracy. checkpoint (a pipeline.Checkpoint) keeps the whole state after each
     epoch and resumes from it: the weights, both optimizers, the epoch's random states and the
     record, so that a resumed training ends bit for bit where an uninterrupted one does (on the CPU;
-    on a GPU as far as its kernels are deterministic). Returns (model, history), history as
-    pipeline.Epochs keeps it."""
+    on a GPU as far as its kernels are deterministic). epoch_log (a pipeline.EpochLog) takes the
+    per-epoch lines (else the screen). Returns (model, history), history as pipeline.Epochs keeps it."""
     rank, world = distributed()
     if crowd is not None and world > 1:
         raise ValueError("a crowd head trains in one process (its matrices are not synchronised across GPUs)")
@@ -323,7 +324,7 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
         head_optimizer = torch.optim.Adam(head.parameters(), lr=head.LR)
     steps = len(images) // batch_size
     drops = update_steps(steps * epochs, milestones)
-    log = Epochs(select_epoch, val, test, desc, epochs, progress and not rank)
+    log = Epochs(select_epoch, val, test, desc, epochs, progress and not rank, epoch_log if not rank else None)
     local = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
     update, first = 0, 0
     if checkpoint is not None and (saved := load_checkpoint(checkpoint)) is not None:

@@ -265,6 +265,8 @@ def parser(description, preset_name="paper"):
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved settings, the cells and trainings to run and an estimated time (from "
                         "a few timed batches), then exit without training")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print every epoch's line on the screen too (it always goes to <out>/train.log)")
     p.add_argument("--plot-only", action="store_true",
                    help="redraw the figures and CSVs from --out/results.json and exit")
     return p

@@ -4,6 +4,7 @@ import csv
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -229,12 +230,16 @@ def test_class_wise_workers_with_many_hammers_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_a_long_run_shows_its_progress_and_keeps_each_epoch(torch_smoke):
-    """One sweep line per cell, one plain line per epoch in a log (stderr not a terminal: no bars),
-    and every cell's per-epoch history (two stages of 10 epochs) for learning curves."""
+    """One sweep line per cell on the screen and no epoch lines there (stderr not a terminal: no
+    bars either); one plain line per epoch in <out>/train.log; and every cell's per-epoch history
+    (two stages of 10 epochs) for learning curves."""
     stdout, stderr = (torch_smoke / "run.log").read_text().split("\n--- stderr\n")
     sweep = [line for line in stdout.splitlines() if line.startswith("[")]
     assert len(sweep) == 8 and sweep[-1].startswith("[8 of 8 cells]") and sweep[-1].endswith("about 0 s left")
-    assert "\r" not in stderr and len([line for line in stdout.splitlines() if " epoch " in line]) >= 2 * 10 * 6
+    assert "\r" not in stderr and not re.search(r" epoch \d+/", stdout + stderr)
+    assert f"every epoch in {torch_smoke / 'train.log'} (-v: on the screen too)" in stdout
+    epochs = (torch_smoke / "train.log").read_text().splitlines()
+    assert len(epochs) >= 2 * 10 * 6 and all(" epoch " in line and line.endswith(" img/s") for line in epochs)
     for cell in json.loads((torch_smoke / "results.json").read_text())["cells"]:
         history = cell["history"]
         assert len(history) == 20 and [h["stage"] for h in history] == [1] * 10 + [2] * 10
