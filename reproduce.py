@@ -4,6 +4,7 @@ one training at a time, each resuming its own folder; then paper_figure.py draws
     python reproduce.py             # run the queue (make results); stop with Ctrl-C, rerun to resume
     python reproduce.py --status    # per folder: cells done of all, precision, time left on this machine
     python reproduce.py --list      # the commands, one per folder, without running them
+    python reproduce.py --compare   # the questions the folders answer, as paired differences
 
 Each folder's precision is fixed in its command, never auto (which each machine resolves its own
 way): bf16 and fp32 round differently, so one folder holds one. A folder in bf16 is skipped, with
@@ -73,6 +74,52 @@ QUEUE = (
     # its first cells were made in fp32 on an AVX2 CPU: a CPU without native bf16 advances it
     Folder("results/hammer-spammer-gamma0.6", ("--preset", "cpu", "--gamma", "0.6"), "fp32"),
 )
+
+
+# The questions the folders answer, each a paired difference of test error seed by seed (the
+# folders share their seeds' workers and labels): (what, (folder, algorithm, r), (folder, algorithm, r)).
+QUESTIONS = (
+    ("oracle r=1 - label-only EM r=3", ("results/cpu-oracle", "oracle", 1), ("results/cpu", "em", 3)),
+    ("oracle r=1 - label-only EM r=5", ("results/cpu-oracle", "oracle", 1), ("results/cpu", "em", 5)),
+    ("oracle r=1 - oracle r=3", ("results/cpu-oracle", "oracle", 1), ("results/cpu-oracle", "oracle", 3)),
+    ("oracle r=1 - oracle r=5", ("results/cpu-oracle", "oracle", 1), ("results/cpu-oracle", "oracle", 5)),
+    ("MBEM r=1 - oracle r=1", ("results/cpu", "mbem", 1), ("results/cpu-oracle", "oracle", 1)),
+    ("T=2 with q - the release's MBEM (T=2), r=1", ("results/cpu-T2-prior", "mbem", 1), ("results/cpu", "mbem", 1)),
+    ("T=3 with q - the release's MBEM, r=1", ("results/cpu-rounds", "mbem", 1), ("results/cpu", "mbem", 1)),
+    ("T=3 without q - the release's MBEM, r=1", ("results/cpu-T3", "mbem", 1), ("results/cpu", "mbem", 1)),
+    ("one-coin MBEM - the release's MBEM, r=1", ("results/cpu-one-coin", "mbem", 1), ("results/cpu", "mbem", 1)),
+    ("one-coin MBEM r=1 - oracle r=1", ("results/cpu-one-coin", "mbem", 1), ("results/cpu-oracle", "oracle", 1)),
+    ("one-coin MBEM r=1 - label-only EM r=3", ("results/cpu-one-coin", "mbem", 1), ("results/cpu", "em", 3)),
+    ("one-coin MBEM r=1 - label-only EM r=5", ("results/cpu-one-coin", "mbem", 1), ("results/cpu", "em", 5)),
+)
+
+
+def test_errors(folder, algorithm, r):
+    """{seed: test error} of a folder's cells of `algorithm` at redundancy r ({} before it has any)."""
+    path = os.path.join(ROOT, folder, "results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        cells = json.load(f)["cells"]
+    return {c["seed"]: c["test_error"] for c in cells if c["algorithm"] == algorithm and c["redundancy"] == r}
+
+
+def compare():
+    """Each question's paired difference: mean, 95% t-interval, the seeds' differences."""
+    from report import difference
+
+    print(f"{'question (test error, seed by seed)':48} {'seeds':>5} {'mean':>8}  95% interval        differences")
+    for what, a, b in QUESTIONS:
+        first, second = test_errors(*a), test_errors(*b)
+        seeds = sorted(first.keys() & second.keys())
+        if not seeds:
+            print(f"{what:48} {'-':>5}  not run yet ({a[0] if not first else b[0]})")
+            continue
+        d = difference(seeds, [first[s] - second[s] for s in seeds])
+        interval = "" if d["ci_low"] is None else f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+        print(f"{what:48} {len(seeds):>5} {d['mean']:+8.4f}  {interval:18}  "
+              + " ".join(f"{x:+.4f}" for x in d["differences"]))
+    return 0
 
 
 def native_problem(precision, gpus):
@@ -171,11 +218,16 @@ def main(argv=None):
                         help="per folder: cells done of all, its precision, and the time left on this machine by "
                              "MBEM.py --dry-run's estimate (a few timed batches each); trains nothing")
     action.add_argument("--list", action="store_true", help="print each folder's command and exit")
+    action.add_argument("--compare", action="store_true",
+                        help="the questions the folders answer, each a paired difference of test error over the "
+                             "seeds both folders have, from their results.json; trains nothing")
     p.add_argument("--source", default=CIFAR, help="CIFAR-10 as a folder or .tar.gz of JPEGs (default: %(default)s)")
     p.add_argument("--gpus", type=gpu_list, default=[], help="GPU ids for every command, e.g. 0 (default: the CPU)")
     args = p.parse_args(argv)
     extra = ("--gpus", ",".join(map(str, args.gpus))) if args.gpus else ()
     source = os.path.relpath(os.path.abspath(args.source), ROOT)  # the commands run in the checkout
+    if args.compare:
+        return compare()
     if args.list:
         for folder in QUEUE:
             print("python " + " ".join(folder.command(source, extra)[1:]))

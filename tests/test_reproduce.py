@@ -69,3 +69,19 @@ def test_a_missing_source_is_one_line():
     result = run_script("reproduce.py", "--source", "/no/such/cifar.tar.gz")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--source /no/such/cifar.tar.gz: no such folder or archive" in result.stderr
+
+
+def test_compare_pairs_the_seeds_both_folders_have(monkeypatch, tmp_path, capsys):
+    import json
+
+    for folder, algorithm, errors in (("a", "oracle", [0.30, 0.40, 0.35]), ("b", "em", [0.40, 0.45])):
+        (tmp_path / folder).mkdir()
+        cells = [{"algorithm": algorithm, "redundancy": 1, "seed": s, "test_error": e} for s, e in enumerate(errors)]
+        (tmp_path / folder / "results.json").write_text(json.dumps({"cells": cells}))
+    monkeypatch.setattr(reproduce, "ROOT", str(tmp_path))
+    monkeypatch.setattr(reproduce, "QUESTIONS", (("a - b", ("a", "oracle", 1), ("b", "em", 1)),
+                                                 ("a - c", ("a", "oracle", 1), ("c", "mbem", 1))))
+    assert reproduce.compare() == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:4] == ["a", "-", "b", "2"] and "-0.0750" in lines[1] and "-0.1000 -0.0500" in lines[1]
+    assert "not run yet (c)" in lines[2]
