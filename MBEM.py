@@ -137,6 +137,7 @@ class Experiment:
         self.trained = {}  # (seed, items digest) -> [(targets, Trained)]: see fit
         self.bootstrap = {}  # (seed, r, n) -> the WMV model's predicted class of each item, for MBEM
         self.trainer = pipeline.trainer(config.backend)
+        self.trainer_code = store.trainer_digest()  # a checkpoint of other trainer code is not resumed
         self.precision = "fp32"
         if config.backend == "torch":
             try:
@@ -214,8 +215,8 @@ class Experiment:
     def checkpoint(self, name, seed, items, targets, crowd):
         """Where a training keeps its state after each epoch (under --out, removed once it is done),
         keyed by everything that decides it: a killed run's next command resumes at that epoch."""
-        key = store.digest(np.frombuffer(json.dumps([settings.comparable(self.config), seed, name, crowd is not None],
-                                                    sort_keys=True, default=str).encode(), np.uint8))
+        what = [settings.comparable(self.config), seed, name, crowd is not None, self.trainer_code]
+        key = store.digest(np.frombuffer(json.dumps(what, sort_keys=True, default=str).encode(), np.uint8))
         key += store.digest(items) + store.digest(np.asarray(targets))
         return pipeline.Checkpoint(os.path.join(self.config.out, "checkpoints", name.replace(" ", "-") + ".ckpt"), key)
 

@@ -190,7 +190,7 @@ class Epochs:
         if select_epoch != "last" and select_epoch not in self.monitor:
             raise ValueError(f"select_epoch={select_epoch!r} needs {select_epoch} images and labels")
         self.select, self.desc, self.epochs, self.progress, self.log = select_epoch, desc, epochs, progress, log
-        self.history, self.best, self.best_state = [], -1.0, None
+        self.history, self.best, self.best_state, self.unkept = [], -1.0, None, False
 
     def say(self, line, always=False):
         """A line about the training: into the run's log file when it has one (EpochLog), on the
@@ -217,6 +217,23 @@ class Epochs:
         self.history, self.best, self.best_state = state["history"], state["best"], state["best_state"]
         self.say(f"{self.desc}: resumed after epoch {len(self.history)} of {self.epochs} from {resumed_from}",
                  always=True)
+
+    def not_resumed(self, checkpoint):
+        """Say why a checkpoint file that is there is not resumed from."""
+        self.say(f"{self.desc}: {checkpoint.path} is another training's (other settings, labels, targets or trainer "
+                 "code) or cannot be read: training from the first epoch, and it will be overwritten", always=True)
+
+    def keep(self, checkpoint, save):
+        """Write this epoch's checkpoint with save(); a write that fails (a full disk) is said once and
+        the training goes on: the checkpoint only shortens a resumed run."""
+        try:
+            save()
+        except OSError as err:
+            if not self.unkept:
+                self.unkept = True
+                self.say(f"{self.desc}: cannot write its checkpoint {checkpoint.path} ({err.strerror or err}); "
+                         "the training goes on, and a run killed now resumes it from an earlier epoch or the first",
+                         always=True)
 
     def end(self, loss_sum, correct, seen, updates, lr, images, accuracy, snapshot):
         """Record the epoch just trained (call after the reads that wait for its last step);

@@ -261,7 +261,10 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
     trainer = nag(net, lr, schedule)
     log = Epochs(select_epoch, val, test, desc, epochs, progress, epoch_log)
     first = 0
-    if checkpoint is not None and (saved := load_checkpoint(checkpoint)) is not None:
+    saved = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if saved is None and checkpoint is not None and os.path.exists(checkpoint.path):
+        log.not_resumed(checkpoint)
+    if saved is not None:
         for c in contexts:  # one pass finishes Gluon's deferred initialisation, which set_data needs
             net(mx.nd.zeros((1, *images.shape[1:]), ctx=c))
         for k, v in net.collect_params().items():
@@ -296,7 +299,7 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
                 lambda x, y: accuracy(model, x, y),
                 lambda: {k: v.data(contexts[0]).copy() for k, v in net.collect_params().items()})
         if checkpoint is not None and epoch + 1 < epochs:
-            save_checkpoint(checkpoint, net, trainer, rng, log)
+            log.keep(checkpoint, lambda: save_checkpoint(checkpoint, net, trainer, rng, log))
     if checkpoint is not None and os.path.exists(checkpoint.path):
         os.remove(checkpoint.path)
     if log.best_state is not None:

@@ -30,6 +30,7 @@ run is the single-process one with the batch split across devices.
 """
 
 import copy
+import functools
 import os
 import pickle
 import warnings
@@ -327,7 +328,10 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
     log = Epochs(select_epoch, val, test, desc, epochs, progress and not rank, epoch_log if not rank else None)
     local = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
     update, first = 0, 0
-    if checkpoint is not None and (saved := load_checkpoint(checkpoint)) is not None:
+    saved = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if saved is None and checkpoint is not None and os.path.exists(checkpoint.path):
+        log.not_resumed(checkpoint)
+    if saved is not None:
         net.load_state_dict(saved["net"])
         optimizer.load_state_dict(saved["optimizer"])
         if head is not None:
@@ -374,10 +378,10 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
         log.end(loss_sum, correct, seen, update, learning_rate(lr, update, drops), steps * batch_size,
                 lambda x, y: accuracy(model, x, y), lambda: copy.deepcopy(net.state_dict()))
         if checkpoint is not None and rank == 0 and epoch + 1 < epochs:
-            save_checkpoint(checkpoint, {
-                "net": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "update": update, "log": log.state(),
-                **({"head": head.state_dict(), "head_optimizer": head_optimizer.state_dict()} if head else {})})
+            state = {"net": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
+                     "torch_rng": torch.get_rng_state(), "update": update, "log": log.state(),
+                     **({"head": head.state_dict(), "head_optimizer": head_optimizer.state_dict()} if head else {})}
+            log.keep(checkpoint, functools.partial(save_checkpoint, checkpoint, state))
     if checkpoint is not None and rank == 0 and os.path.exists(checkpoint.path):
         os.remove(checkpoint.path)
     if log.best_state is not None:

@@ -47,7 +47,17 @@ def environment():
     return commit, versions, machine()
 
 
-TRAINER_FILES = ("pipeline.py", "resnet.py", "resnet_torch.py", "imagenet.py")
+TRAINER_FILES = ("pipeline.py", "resnet.py", "resnet_torch.py", "imagenet.py", "crowd_methods.py")
+
+
+def trainer_digest():
+    """A digest of the trainer's code as it is now (TRAINER_FILES): part of every checkpoint's key,
+    so that a checkpoint written by other code is not resumed."""
+    h = hashlib.sha1()
+    for name in TRAINER_FILES:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
 
 
 def trainer_changes(commit):

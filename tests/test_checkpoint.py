@@ -74,4 +74,26 @@ def test_a_checkpoint_of_another_training_is_not_resumed(tmp_path):
     assert (tmp_path / "c.ckpt").exists()
     status, output = train("resnet_torch", tmp_path / "c.ckpt", tmp_path / "c.pkl", epochs=3, key="other")
     assert status == 0 and "resumed" not in output
+    assert "c.ckpt is another training's (other settings, labels, targets or trainer code)" in output
     assert len(pickle.loads((tmp_path / "c.pkl").read_bytes())["history"]) == 3
+
+
+def test_a_full_disk_during_a_checkpoint_is_said_once_and_the_training_goes_on(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import torch
+
+    import resnet_torch
+    from pipeline import Checkpoint
+
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 3, 16, 16), dtype=np.uint8)
+    _, history = resnet_torch.train(images, np.eye(4)[rng.integers(0, 4, 64)], 4, depth=8, epochs=3, batch_size=32,
+                                    desc="t", checkpoint=Checkpoint(str(tmp_path / "x.ckpt"), "k"))
+    said = capsys.readouterr()
+    assert len(history) == 3 and (said.out + said.err).count("cannot write its checkpoint") == 1
+    assert "No space left on device" in said.out + said.err and not list(tmp_path.iterdir())

@@ -349,6 +349,32 @@ def test_a_run_killed_mid_training_resumes_at_its_last_epoch(torch_smoke, tmp_pa
     assert [untimed(c) for c in resumed] == [untimed(c) for c in uninterrupted]
 
 
+@pytest.mark.slow
+def test_a_sweep_killed_again_and_again_at_random_moments_ends_as_an_uninterrupted_one(torch_smoke, tmp_path):
+    """SIGKILL at random moments (in training, while results.json, a bootstrap, a model or a
+    checkpoint is written), the same command after each: the sweep ends with every cell equal to
+    the uninterrupted run's, test errors exactly, and no temporary or checkpoint file left."""
+    out, rng, kills = tmp_path / "faults", np.random.default_rng(7), 0
+    for attempt in range(9):  # eight random kills (if the sweep lasts that long), then to the end
+        proc = subprocess.Popen([sys.executable, SCRIPT, *TORCH_SMOKE, "--out", str(out)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            proc.wait(timeout=None if attempt == 8 else rng.uniform(4.0, 12.0))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        stderr = proc.communicate()[1]
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, stderr[-2000:]
+    assert proc.returncode == 0 and kills >= 3, stderr[-2000:]
+    resumed = json.loads((out / "results.json").read_text())["cells"]
+    uninterrupted = json.loads((torch_smoke / "results.json").read_text())["cells"]
+    assert [untimed(c) for c in resumed] == [untimed(c) for c in uninterrupted]
+    left = [p for p in out.rglob("*") if p.name.startswith(".tmp-") or p.suffix == ".ckpt"]
+    assert not left, left
+
+
 def untimed(cell):
     """A cell without what the clock measured (its seconds and speeds, its epochs' too)."""
     clock = ("wall_seconds", "train_img_per_s", "seconds", "img_per_s")
