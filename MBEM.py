@@ -436,8 +436,7 @@ def main(argv=None):
             print(note, file=sys.stderr, flush=True)
     results = store.load_results(config)  # read again now that no other run can be writing it
     done = {(c["seed"], c["redundancy"], c["n"], c["algorithm"]) for c in results["cells"]}
-    if done and rank == 0 and (warning := store.resume_warning(results, config.out)):
-        print(warning, file=sys.stderr, flush=True)
+    warning = store.resume_warning(results, config.out) if done and rank == 0 else None
     results["commit"], results["versions"], results["machine"] = store.environment()
     if problem := store.precision_problem(results, experiment.precision):
         raise RunError(problem)
@@ -446,6 +445,8 @@ def main(argv=None):
     left = [cell for cell in todo if cell not in done]
     if args.dry_run:
         return dry_run(config, experiment, left)
+    if left and warning:  # cells to add to a folder made by other trainer code
+        print(warning, file=sys.stderr, flush=True)
     if not left:  # a finished folder stays as it is (its figures too): --plot-only redraws them
         if rank == 0:
             print(f"all {len(todo)} cells of {config.out} are done; --plot-only redraws its tables and figures",

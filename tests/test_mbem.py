@@ -577,17 +577,22 @@ def test_resuming_after_the_trainer_changed_says_so(tmp_path):
     if first.returncode:
         pytest.skip("not a git checkout")
     out = tmp_path / "run"
-    args = ["--preset", "smoke", "--backend", "torch", "--no-compile", "--redundancy", "1", "--epochs", "1",
-            "--out", out]
-    assert run(*args, "--algorithms", "mv").returncode == 0
+    args = ["--preset", "smoke", "--backend", "torch", "--no-compile", "--redundancy", "1,2", "--epochs", "1",
+            "--algorithms", "mv", "--out", out]
+    assert run(*args).returncode == 0
     results = json.loads((out / "results.json").read_text())
+    results["cells"] = results["cells"][:1]  # the r = 2 cell still to run
+    (out / "results.json").write_text(json.dumps(results))
     if store.trainer_changes(results["commit"]) == []:  # the same commit, no edits since: nothing to say
-        assert "warning" not in run(*args, "--algorithms", "mv").stderr
+        assert "warning" not in run(*args).stderr
+        (out / "results.json").write_text(json.dumps(results))
     results["commit"] = first.stdout.split()[0]  # the project's first commit: another trainer
     (out / "results.json").write_text(json.dumps(results))
-    result = run(*args, "--algorithms", "mv")
+    result = run(*args)
     assert result.returncode == 0 and "the trainer has changed since (" in result.stderr
     assert "pipeline.py" in result.stderr and "may not compare with the saved ones" in result.stderr
+    finished = run(*args)  # a finished folder has nothing to add, so nothing to warn about
+    assert "all 2 cells" in finished.stdout and "warning" not in finished.stderr
 
 
 @pytest.mark.skipif(__import__("resnet_torch").native_bf16(__import__("torch").device("cpu")),
