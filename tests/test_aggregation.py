@@ -2,6 +2,7 @@ import csv
 import itertools
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -254,3 +255,21 @@ def test_the_model_as_one_more_annotator_is_not_identifiable_from_single_labels(
     _, confusions, model_confusion = agg.model_as_annotator(three, model, use_model=False)
     assert abs(np.diagonal(model_confusion).mean() - 0.5) < 0.05
     assert agg.worker_accuracy(confusions)[hammers].mean() > 0.85
+
+
+def test_the_release_smoothing_constant_sets_how_much_a_perfect_worker_can_be_overruled():
+    """A perfect worker's zero counts are lifted to exactly 1e-10 before its rows are normalised
+    (the release's post_prob_DS): with 100 labels a row, an off-diagonal entry is 1e-10 / (100 +
+    2e-10). When it says 0 and a second worker's label 1 is 1e-5 likely from class 0 and 0.5 from
+    class 1, the posterior of class 1 follows from that entry: a constant of 1e-9 or 1e-20 would
+    move it tenfold or more."""
+    K = 3
+    perfect = agg.normalise_confusions(np.eye(K)[None] * 100.0)[0]
+    row = 100 + 2e-10
+    assert perfect[0, 1] == pytest.approx(1e-10 / row, rel=1e-12) and perfect[0, 0] == pytest.approx(100 / row)
+    other = np.array([[1 - 2e-5, 1e-5, 1e-5], [0.25, 0.5, 0.25], [1 / 3, 1 / 3, 1 / 3]])
+    ann = agg.Annotations.from_arrays([0, 0], [0, 1], [0, 1], n=1, m=2, K=K)
+    posterior = agg.posterior(ann, np.stack([perfect, other]))[0]
+    lifted, kept = 1e-10 / row, 100 / row
+    expected = lifted * 0.5 / (kept * 1e-5 + lifted * 0.5 + lifted / 3)
+    assert posterior[1] == pytest.approx(expected, rel=1e-6)
