@@ -1,0 +1,23 @@
+"""bench/targets.py on results/cpu's saved bootstraps: the table docs/worker-estimates.md quotes."""
+
+import pytest
+
+from conftest import run_script, shared_path
+
+
+@pytest.mark.slow
+def test_target_scores_of_results_cpu_at_r1():
+    shared_path("cifar10-jpeg.tar.gz")
+    result = run_script("bench/targets.py", "results/cpu", "--redundancy", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {" ".join(line.split()[1:-7]): [float(x) for x in line.split()[-6:]]
+            for line in result.stdout.splitlines() if line.startswith(" 1 ")}
+    assert rows["oracle"][1] == pytest.approx(0.2832, abs=1e-4)  # p_true, as the docs' table has it
+    assert rows["mbem"][1] == pytest.approx(0.1931, abs=1e-4) and rows["one-coin"][1] == pytest.approx(0.2760, abs=1e-4)
+    assert rows["one-coin"][5] < rows["mbem"][5] / 4  # worker MAE
+    assert "r 1 seed 2 model 0.554 rho 0.581" in result.stdout
+
+
+def test_a_folder_of_real_labels_is_refused_in_one_line():
+    result = run_script("bench/targets.py", "results/cifar10n")
+    assert result.returncode == 2 and "real labels have no simulated truth" in result.stderr
