@@ -154,6 +154,9 @@ def hold(out):
         os.close(fd)
         raise RunError(f"{out} is in use by another run ({holder}): wait for it to end, or use another --out") \
             from None
+    except OSError as err:  # a filesystem without locks (some network and FUSE mounts): run, and say so
+        os.close(fd)
+        return f"warning: {out} cannot be locked here ({err.strerror or err}): nothing stops a second run on it"
     left = lock_holder(fd)
     os.ftruncate(fd, 0)
     command = " ".join([os.path.basename(sys.executable), *sys.argv])

@@ -674,3 +674,12 @@ def test_help_shows_the_chosen_presets_defaults_as_flags_take_them(capsys):
         assert all(e in shown for e in expected), expected
         assert "['" not in shown and "[[" not in shown
         assert "(default: on)" in shown and "(default: off)" in shown
+
+
+def test_a_folder_that_cannot_be_locked_runs_with_a_warning(tmp_path, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(store.fcntl, "flock", no_locks)
+    note = store.hold(str(tmp_path / "x"))
+    assert note.startswith("warning: ") and "cannot be locked here (No locks available)" in note
