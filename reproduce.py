@@ -94,19 +94,24 @@ QUESTIONS = (
 )
 
 
-def test_errors(folder, algorithm, r):
-    """{seed: test error} of a folder's cells of `algorithm` at redundancy r ({} before it has any)."""
+def folder_cells(folder):
+    """A folder's cells as its results.json holds them ([] before it has any)."""
     path = os.path.join(ROOT, folder, "results.json")
     if not os.path.exists(path):
-        return {}
+        return []
     with open(path) as f:
-        cells = json.load(f)["cells"]
-    return {c["seed"]: c["test_error"] for c in cells if c["algorithm"] == algorithm and c["redundancy"] == r}
+        return json.load(f)["cells"]
 
 
 def compare():
     """Each question's paired difference: mean, 95% t-interval, the seeds' differences."""
     from report import difference
+
+    cells = {folder: folder_cells(folder) for _, *sides in QUESTIONS for folder, _, _ in sides}  # each read once
+
+    def test_errors(folder, algorithm, r):
+        return {c["seed"]: c["test_error"] for c in cells[folder]
+                if c["algorithm"] == algorithm and c["redundancy"] == r}
 
     print(f"{'question (test error, seed by seed)':48} {'seeds':>5} {'mean':>8}  95% interval        differences")
     for what, a, b in QUESTIONS:
