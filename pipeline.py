@@ -11,6 +11,7 @@ Images are uint8 (N, C, H, W) in memory; batches come out as float32 for the net
 """
 
 import math
+import os
 import queue
 import sys
 import threading
@@ -196,6 +197,7 @@ class Epochs:
         """A line about the training: into the run's log file when it has one (EpochLog), on the
         screen unless that log keeps it off it (`always`: on the screen in any case)."""
         if self.log is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.log.path)), exist_ok=True)
             with open(self.log.path, "a") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
         if self.progress and (self.log is None or self.log.screen or always):

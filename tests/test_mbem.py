@@ -344,7 +344,7 @@ def test_a_run_killed_mid_training_resumes_at_its_last_epoch(torch_smoke, tmp_pa
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("*.ckpt")):
+        if any(not p.name.startswith(".") for p in (out / "checkpoints").glob("*.ckpt")):  # not a temporary
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)
@@ -369,7 +369,7 @@ def test_a_sweep_killed_again_and_again_at_random_moments_ends_as_an_uninterrupt
         proc = subprocess.Popen([sys.executable, SCRIPT, *TORCH_SMOKE, "--out", str(out)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            proc.wait(timeout=None if attempt == 8 else rng.uniform(4.0, 12.0))
+            proc.wait(timeout=None if attempt == 8 else rng.uniform(2.5, 6.0))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -377,7 +377,7 @@ def test_a_sweep_killed_again_and_again_at_random_moments_ends_as_an_uninterrupt
         if proc.returncode == 0:
             break
         assert proc.returncode == -signal.SIGKILL, stderr[-2000:]
-    assert proc.returncode == 0 and kills >= 3, stderr[-2000:]
+    assert proc.returncode == 0 and kills >= 2, stderr[-2000:]
     resumed = json.loads((out / "results.json").read_text())["cells"]
     uninterrupted = json.loads((torch_smoke / "results.json").read_text())["cells"]
     assert [untimed(c) for c in resumed] == [untimed(c) for c in uninterrupted]
@@ -485,7 +485,8 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_finished_cells(tmp_path, 
         MBEM.main(["--preset", "smoke", "--backend", "torch", "--no-compile", "--algorithms", "mv", "--epochs", "1",
                    "--out", str(out)])
     assert len(json.loads((out / "results.json").read_text())["cells"]) == 1
-    assert sorted(os.listdir(out)) == ["models", "predictions", "results.json"]  # no temporary file left
+    kept = [".mbem.lock", "models", "predictions", "results.json", "train.log"]
+    assert sorted(os.listdir(out)) == kept  # no temporary file left
 
 
 def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypatch):
