@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 import aggregation as agg
+import plan as planner
+from label_files import model_table, relabel
 
 
 @dataclass
@@ -103,28 +105,23 @@ def mbem(answers, model_probs, workers=None, labels=None, class_prior=False):
     return result(posterior, confusions, item_names, worker_names, classes)
 
 
-def relabel(ann, label_classes, model_classes):
-    """`ann` with its labels renumbered as the model's classes (matched by name: the column "p_3"
-    names the label 3); ValueError naming labels the model has no column for."""
-    rank = {str(c): k for k, c in enumerate(model_classes)}
-    unknown = [c for c in label_classes if str(c) not in rank]
-    if unknown:
-        raise ValueError(f"labels {unknown[:5]} are not columns of the model's probabilities ({model_classes[:10]})")
-    position = np.array([rank[str(c)] for c in label_classes], dtype=np.int64)
-    return agg.Annotations(ann.items, ann.workers, position[ann.labels], ann.n, ann.m, len(model_classes))
+def plan(answers=None, workers=None, labels=None, *, budget, redundancy=(1, 2, 3, 5, 7, 9),
+         methods=planner.DEFAULT_METHODS, learning_curve=planner.DEFAULT_CURVE, repeats=5, seed=0,
+         simulated=None):
+    """How many labels per item a budget should buy (plan.py's model, docs/planning.md): from pilot
+    labels (as `aggregate` takes them, some items labelled more than once) or, with `simulated`,
+    a simulated crowd: dict(workers=100, gamma=0.2, worker_model="hammer-spammer", classes=10).
+    learning_curve: (items, test error) points of your classifier on clean labels.
 
-
-def model_table(model_probs, item_names):
-    """(n x K probabilities in the order of item_names, classes) from the model's DataFrame."""
-    frame = pd.DataFrame(model_probs)
-    named = [c for c in frame.columns if isinstance(c, str) and c.startswith("p_")]
-    frame = frame[named] if named else frame  # a posterior CSV's own columns: item, label, p_<class>...
-    classes = [c[2:] if c in named else c for c in frame.columns]
-    missing = [i for i in item_names if i not in frame.index]
-    if missing:
-        raise ValueError(f"the model's probabilities have no row for {len(missing)} labelled items, e.g. "
-                         f"{missing[:3]}")
-    probs = frame.loc[item_names].to_numpy(dtype=np.float64)
-    if not np.isfinite(probs).all() or (probs < 0).any() or np.abs(probs.sum(axis=1) - 1).max() > 1e-3:
-        raise ValueError("the model's probabilities must be finite, non-negative rows summing to 1")
-    return probs, classes
+    Returns (a DataFrame with a row per method and r: items, target_accuracy, clean_equivalent,
+    predicted_error and each one's _sd over repeats; {method: recommended r})."""
+    if simulated is None:
+        ann, *_ = encode(answers, workers, labels)
+        pools = planner.pilot_pools(ann, repeats, seed)
+    else:
+        crowd = dict(workers=100, gamma=0.2, worker_model="hammer-spammer", classes=10) | dict(simulated)
+        pools = planner.simulated_pools(repeats, crowd["workers"], crowd["classes"], crowd["gamma"],
+                                        crowd["worker_model"], seed)
+    curve = planner.LearningCurve.fit(learning_curve, pools[0].K)
+    table, best = planner.summary(planner.plan(pools, budget, sorted(set(redundancy)), methods, curve, seed), methods)
+    return planner.frame(table), {method: r for method, (r, _) in best.items()}

@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pandas as pd
 
-import api
 from aggregation import ALIASES, LABEL_ONLY, Annotations, aggregate, canonical, mbem_step
 from atomic import atomic_write
 from cli import InputError, Parser, number, output_problem
@@ -161,6 +160,33 @@ def confusions_csv(confusions, worker_names, classes):
     return ("\n".join(rows) + "\n").encode()
 
 
+def relabel(ann, label_classes, model_classes):
+    """`ann` with its labels renumbered as the model's classes (matched by name: the column "p_3"
+    names the label 3); ValueError naming labels the model has no column for."""
+    rank = {str(c): k for k, c in enumerate(model_classes)}
+    unknown = [c for c in label_classes if str(c) not in rank]
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} are not columns of the model's probabilities ({model_classes[:10]})")
+    position = np.array([rank[str(c)] for c in label_classes], dtype=np.int64)
+    return Annotations(ann.items, ann.workers, position[ann.labels], ann.n, ann.m, len(model_classes))
+
+
+def model_table(model_probs, item_names):
+    """(n x K probabilities in the order of item_names, classes) from the model's DataFrame."""
+    frame = pd.DataFrame(model_probs)
+    named = [c for c in frame.columns if isinstance(c, str) and c.startswith("p_")]
+    frame = frame[named] if named else frame  # a posterior CSV's own columns: item, label, p_<class>...
+    classes = [c[2:] if c in named else c for c in frame.columns]
+    missing = [i for i in item_names if i not in frame.index]
+    if missing:
+        raise ValueError(f"the model's probabilities have no row for {len(missing)} labelled items, e.g. "
+                         f"{missing[:3]}")
+    probs = frame.loc[item_names].to_numpy(dtype=np.float64)
+    if not np.isfinite(probs).all() or (probs < 0).any() or np.abs(probs.sum(axis=1) - 1).max() > 1e-3:
+        raise ValueError("the model's probabilities must be finite, non-negative rows summing to 1")
+    return probs, classes
+
+
 def main(argv=None):
     parser = Parser(
         description="Aggregate crowdsourced labels (CSV with columns item, worker, label; "
@@ -195,8 +221,8 @@ def main(argv=None):
     try:
         ann, item_names, worker_names, classes = read_answers(args.answers)
         if args.method == "mbem":
-            model, model_classes = api.model_table(read_table(args.model_probs, "item"), item_names)
-            ann, classes = api.relabel(ann, classes, model_classes), model_classes
+            model, model_classes = model_table(read_table(args.model_probs, "item"), item_names)
+            ann, classes = relabel(ann, classes, model_classes), model_classes
         truth = read_table(args.truth, "item", "label") if args.truth else None
         if truth is not None and (foreign := sorted(set(truth) - set(classes))):
             said = f"its labels {','.join(map(str, foreign[:5]))} are not among the answers' labels " \

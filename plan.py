@@ -1,0 +1,359 @@
+"""How many labels per item should a fixed labelling budget buy?  `python plan.py --help`
+
+In: a pool of workers, estimated from pilot labels (a CSV of item, worker, label, as aggregation.py
+reads it, some items labelled more than once) or simulated as MBEM.py simulates it (--worker-model,
+--gamma, --workers); a budget of labels; the redundancies r to compare. Out: for each r and method,
+n = budget // r items, how good their training targets are, what they are worth in clean items,
+the test error that predicts, and the r each method should buy.
+
+The model and its assumptions:
+1. The crowd. Every item's true class is drawn from the pool's class prior, its r workers uniformly
+   without replacement from the pool's m workers (as MBEM.py's sweep draws them), and each label
+   from the worker's confusion row of the true class, independently given the class. So every
+   worker gives budget / m labels at every r. A pilot's pool is Dawid-Skene's fit to the pilot,
+   each confusion row shrunk towards the crowd's pooled row by `prior_labels` pseudo-labels (a
+   worker seen on five items is not taken for a perfect one) and its prior the fit's class prior.
+2. The targets, by Monte Carlo: a whole collection of n items at r is drawn and aggregated exactly
+   as MBEM.py aggregates it: mv (one-hot, ties at random), wmv (label shares), em (Dawid-Skene's
+   posterior), oracle (the posterior under the pool's own confusions: the ceiling), mbem (one step
+   of Algorithm 1, as the release's `--rounds 1`, from a model trained on wmv's targets that is
+   right on a share rho of the items and otherwise wrong uniformly; a model that memorised its
+   labels errs towards them instead, which this ignores).
+3. Their worth in clean items. Near a uniform prediction u, an item's cross-entropy gradient is
+   (t - u) x for a target t. Its component along e_y - u (y the true class) is the signal,
+   s = (K t_y - 1) / (K - 1) clean labels' worth; its power |t - u|^2 / |e_y - u|^2 scales the
+   noise the item's features add. Where that feature noise dominates, n items with targets t are
+   worth n_eff = n E[s]^2 / E[|t - u|^2 / |e_y - u|^2] clean ones. Hard labels right with
+   probability a (errors uniform) give n ((K a - 1) / (K - 1))^2; a uniform target (a spammer's
+   item under the right confusions) adds nothing and costs nothing; a right one-hot target is
+   one clean item. The recommendation ranks r by n_eff, and only by it.
+4. Test error, for mbem's bootstrap model and for the table: a learning curve
+   err(n) = c n^-beta (at most the chance error 1 - 1/K) of the user's classifier on clean labels,
+   fitted in log-log to the points given (one point keeps beta = DEFAULT_BETA); the predicted error
+   of training on the targets is err(n_eff), and mbem's rho is 1 - err(n_eff of wmv).
+
+Uncertainty: `--repeats` times the pilot's items are resampled with replacement and the pool fitted
+again (a simulated pool is drawn again from the next seed); each repeat draws its own collection. The
+table gives each figure's mean and standard deviation over repeats, and the last line the r each
+method ranks first on the mean, with the share of repeats that ranked it first.
+"""
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+import aggregation as agg
+import noise_sim
+from cli import InputError, Parser, csv_list, number, output_problem
+
+METHODS = ("mv", "wmv", "em", "mbem", "oracle")
+DEFAULT_METHODS = ("mv", "wmv", "em", "mbem")
+# The cpu preset's ResNet-20 on CIFAR-10 trained on clean labels (results/cifar10n, the `clean`
+# cells, mean of 3 seeds): the curve a plan uses unless --learning-curve gives the user's own.
+DEFAULT_CURVE = ((50000, 0.1755), (16666, 0.2550))
+DEFAULT_BETA = 0.34  # the default curve's slope, log(0.2550 / 0.1755) / log(50000 / 16666)
+
+
+@dataclass
+class Pool:
+    """m workers' confusions (m x K x K) and the class prior (K,) of the items they label."""
+
+    confusions: np.ndarray
+    prior: np.ndarray
+
+    @property
+    def K(self):  # noqa: N802 (the paper's K)
+        return self.confusions.shape[1]
+
+
+def simulated_pool(workers, K, gamma, model, rng):
+    """MBEM.py's simulated crowd (noise_sim.simulate_workers), classes balanced."""
+    return Pool(noise_sim.simulate_workers(workers, K, gamma, rng, model), np.full(K, 1.0 / K))
+
+
+def pilot_pool(ann, prior_labels=1.0):
+    """The pool behind pilot labels: Dawid-Skene's confusions, each row's counts plus `prior_labels`
+    pseudo-labels spread as the crowd's pooled row (the counts of all workers together)."""
+    fit = agg.dawid_skene(ann)
+    counts = agg.confusion_counts(ann, fit.posterior)
+    pooled = counts.sum(axis=0)
+    pooled /= np.maximum(pooled.sum(axis=1, keepdims=True), 1e-12)
+    return Pool(agg.normalise_confusions(counts + prior_labels * pooled[None]), fit.prior)
+
+
+@dataclass
+class LearningCurve:
+    """err(n) = c n^-beta, at most `chance`: a classifier's test error after training on n clean items."""
+
+    c: float
+    beta: float
+    chance: float
+
+    @classmethod
+    def fit(cls, points, K, beta=DEFAULT_BETA):
+        """Least squares in log-log through (items, error) points; one point keeps `beta`."""
+        n, err = (np.log(np.asarray(v, dtype=np.float64)) for v in zip(*points, strict=True))
+        if len(set(n.tolist())) > 1:
+            beta = -np.polyfit(n, err, 1)[0]
+        return cls(float(np.exp(np.mean(err + beta * n))), float(beta), 1.0 - 1.0 / K)
+
+    def error(self, n):
+        n = np.maximum(np.asarray(n, dtype=np.float64), 1e-12)
+        return np.minimum(self.c * n ** -self.beta, self.chance)
+
+
+def worth(targets, truth):
+    """(accuracy of the targets' argmax, their worth per item in clean items: E[s]^2 / E[power]).
+
+    s = (K t_y - 1) / (K - 1) and power = |t - u|^2 / |e_y - u|^2 (the module's point 3)."""
+    K = targets.shape[1]
+    s = (K * targets[np.arange(len(truth)), truth] - 1) / (K - 1)
+    power = ((targets - 1.0 / K) ** 2).sum(axis=1) / (1 - 1.0 / K)
+    efficiency = s.mean() ** 2 / power.mean() if power.mean() > 0 else 0.0
+    return float((targets.argmax(axis=1) == truth).mean()), float(efficiency)
+
+
+def model_predictions(truth, rho, K, rng):
+    """A model right on a share rho of the items, otherwise one of the other K - 1 classes at random."""
+    wrong = (truth + rng.integers(1, K, size=len(truth))) % K
+    return np.where(rng.random(len(truth)) < rho, truth, wrong)
+
+
+def collection(pool, n, r, rng):
+    """(Annotations, truth): n items of the pool's prior, r distinct workers each (point 1)."""
+    truth = rng.choice(pool.K, size=n, p=pool.prior)
+    m = len(pool.confusions)
+    return agg.Annotations(*noise_sim.simulate_labels(truth, pool.confusions, r, rng), n, m, pool.K), truth
+
+
+def targets(method, ann, pool, truth, rng, rho=None):
+    """Training targets (n x K) of one method on a collection, as MBEM.py makes them (point 2)."""
+    if method in agg.LABEL_ONLY:
+        return agg.aggregate(ann, method, rng).posterior
+    if method == "oracle":
+        return agg.posterior(ann, pool.confusions, pool.prior)
+    if method == "mbem":
+        predicted = model_predictions(truth, rho, ann.K, rng)
+        return agg.mbem_step(ann, agg.one_hot(predicted, ann.K))[0]
+    raise ValueError(f"{method!r}: the planner knows {', '.join(METHODS)}")
+
+
+def one_repeat(pool, budget, redundancies, methods, curve, rng):
+    """Rows (r, n, method, target accuracy, n_eff, predicted error) of one draw at every r."""
+    rows = []
+    for r in redundancies:
+        n = budget // r
+        ann, truth = collection(pool, n, r, rng)
+        found = {}
+        for method in sorted(methods, key=lambda m: m == "mbem"):  # mbem's model needs wmv's n_eff
+            rho = None
+            if method == "mbem":
+                wmv = found.get("wmv") or worth(targets("wmv", ann, pool, truth, rng), truth)
+                rho = 1.0 - float(curve.error(n * wmv[1]))
+            found[method] = worth(targets(method, ann, pool, truth, rng, rho), truth)
+        for method in methods:
+            accuracy, efficiency = found[method]
+            rows.append((r, n, method, accuracy, n * efficiency, float(curve.error(n * efficiency))))
+    return rows
+
+
+def plan(pools, budget, redundancies, methods=DEFAULT_METHODS, curve=None, seed=0):
+    """Every repeat's rows: one per pool (a bootstrap fit or a simulated draw), see `one_repeat`."""
+    curve = curve or LearningCurve.fit(DEFAULT_CURVE, pools[0].K)
+    too_many = [r for r in redundancies if r > len(pools[0].confusions)]
+    if too_many:
+        raise InputError(f"redundancy {too_many[0]} needs that many distinct workers; the pool has "
+                         f"{len(pools[0].confusions)}")
+    rows = []
+    for repeat, pool in enumerate(pools):
+        rng = np.random.default_rng([seed, repeat])
+        rows += [(repeat, *row) for row in one_repeat(pool, budget, redundancies, methods, curve, rng)]
+    return rows
+
+
+def summary(rows, methods):
+    """{method: {r: (n, (mean, sd) of target accuracy, of n_eff, of predicted error)}} and
+    {method: (recommended r, the share of repeats that ranked it first)}."""
+    repeats = sorted({row[0] for row in rows})
+    table, best = {}, {}
+    for method in methods:
+        mine = [row for row in rows if row[3] == method]
+        rs = sorted({row[1] for row in mine})
+        grid = np.array([[next(row[4:] for row in mine if row[0] == k and row[1] == r) for r in rs] for k in repeats])
+        mean, sd = grid.mean(axis=0), grid.std(axis=0, ddof=1) if len(repeats) > 1 else np.zeros(grid.shape[1:])
+        n = {row[1]: row[2] for row in mine}
+        table[method] = {r: (n[r], *[(mean[j, q], sd[j, q]) for q in range(3)]) for j, r in enumerate(rs)}
+        first = int(np.argmax(mean[:, 1]))
+        best[method] = (rs[first], float((grid[:, :, 1].argmax(axis=1) == first).mean()))
+    return table, best
+
+
+def resample_items(ann, rng):
+    """A bootstrap copy of pilot labels: n items drawn with replacement, each with all its labels."""
+    order = np.argsort(ann.items, kind="stable")
+    counts = np.bincount(ann.items, minlength=ann.n)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    chosen = rng.integers(0, ann.n, size=ann.n)
+    lengths = counts[chosen]
+    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    rows = order[np.repeat(starts[chosen], lengths) + offsets]
+    return agg.Annotations(np.repeat(np.arange(ann.n), lengths), ann.workers[rows], ann.labels[rows], ann.n, ann.m,
+                           ann.K)
+
+
+def pilot_pools(ann, repeats, seed=0, prior_labels=1.0):
+    """The pilot's own pool first, then repeats - 1 pools fitted to bootstrap copies of its items."""
+    rng = np.random.default_rng([seed, 1])
+    return [pilot_pool(ann if k == 0 else resample_items(ann, rng), prior_labels) for k in range(repeats)]
+
+
+def simulated_pools(repeats, workers, K, gamma, model, seed=0):
+    """One pool per repeat, the k-th as MBEM.py draws seed `seed + k`'s workers."""
+    return [simulated_pool(workers, K, gamma, model, np.random.default_rng(seed + k)) for k in range(repeats)]
+
+
+def frame(table):
+    """The summary as a pandas DataFrame: a row per (method, r)."""
+    import pandas as pd
+
+    records = [dict(method=method, redundancy=r, items=n, target_accuracy=acc[0], target_accuracy_sd=acc[1],
+                    clean_equivalent=eff[0], clean_equivalent_sd=eff[1], predicted_error=err[0],
+                    predicted_error_sd=err[1])
+               for method, by_r in table.items() for r, (n, acc, eff, err) in by_r.items()]
+    return pd.DataFrame.from_records(records)
+
+
+def recommended_line(best):
+    return "recommended r: " + ", ".join(f"{method} {r}" for method, (r, _) in best.items())
+
+
+def print_table(table, best):
+    print(f"{'method':<7} {'r':>2} {'items':>7} {'target acc':>14} {'clean-equivalent':>19} {'predicted error':>17}")
+    for method, by_r in table.items():
+        for r, (n, acc, eff, err) in by_r.items():
+            mark = " <" if r == best[method][0] else ""
+            print(f"{method:<7} {r:>2} {n:>7} {acc[0]:>7.3f} ± {acc[1]:.3f} {eff[0]:>10.0f} ± {eff[1]:>6.0f} "
+                  f"{err[0]:>8.3f} ± {err[1]:.3f}{mark}")
+    print("(< the r whose targets are worth most clean items; share of repeats that ranked it first: " +
+          ", ".join(f"{method} {share:.0%}" for method, (_, share) in best.items()) + ")")
+    print(recommended_line(best))
+
+
+def plot(table, best, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for offset, (method, by_r) in enumerate(table.items()):
+        rs = np.array(list(by_r)) + 0.06 * (offset - (len(table) - 1) / 2)  # equal points at r = 1 stay visible
+        err = np.array([v[3] for v in by_r.values()])
+        ax.errorbar(rs, err[:, 0], yerr=err[:, 1], marker="o", capsize=3,
+                    label=f"{agg.METHODS.get(method, method)} (best r = {best[method][0]})")
+    ax.set_xlabel("labels per item r (items = budget / r)")
+    ax.set_ylabel("predicted test error")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def curve_points(text):
+    """--learning-curve: items:error pairs, e.g. 50000:0.18,16666:0.25."""
+    try:
+        points = [(int(n), float(e)) for n, e in (p.split(":") for p in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected items:error pairs such as 50000:0.18,16666:0.25, "
+                                         f"not {text!r}") from None
+    if any(n < 1 or not 0 < e < 1 for n, e in points):
+        raise argparse.ArgumentTypeError(f"items must be at least 1 and errors in (0, 1): {text!r}")
+    return points
+
+
+def parser():
+    from settings import SETTINGS
+
+    setting = {s.name: s for s in SETTINGS}
+    p = Parser(prog="plan.py", description="How many labels per item should a fixed labelling budget buy? Each "
+               "redundancy r is ranked by what its training targets are worth in clean items (the model: "
+               "docs/planning.md).")
+    p.add_argument("labels", nargs="?", help="pilot labels: a CSV of item, worker, label (as aggregation.py reads), "
+                   "some items labelled twice or more; without it, a simulated crowd")
+    for name in ("worker_model", "gamma", "workers"):
+        s = setting[name]
+        p.add_argument(s.flag, type=s.type, choices=s.choices, default=s.default,
+                       help=f"{s.help}, for a simulated crowd (default {s.default})")
+    p.add_argument("--classes", type=number(int, 2), default=10, help="classes K of a simulated crowd (default 10)")
+    p.add_argument("--budget", type=number(int, 1), default=50000, help="total labels to buy (default 50000)")
+    defaults = {"redundancy": "1,2,3,5,7,9", "algorithms": ",".join(DEFAULT_METHODS),
+                "learning_curve": ",".join(f"{n}:{e}" for n, e in DEFAULT_CURVE)}
+    p.add_argument("--redundancy", type=csv_list(int, 1), default=defaults["redundancy"],
+                   help=f"labels per item to compare (default {defaults['redundancy']})")
+    p.add_argument("--algorithms", type=csv_list(str), default=defaults["algorithms"],
+                   help=f"comma-separated, from {','.join(METHODS)}; oracle: the pool's confusions known "
+                   f"(default {defaults['algorithms']})")
+    p.add_argument("--learning-curve", type=curve_points, default=defaults["learning_curve"],
+                   help="your classifier's test error after training on clean labels, items:error[,...]; one "
+                   f"point keeps the slope {DEFAULT_BETA} (default {defaults['learning_curve']}: the cpu "
+                   "preset's ResNet-20 on CIFAR-10)")
+    p.add_argument("--repeats", type=number(int, 2), default=5,
+                   help="bootstrap copies of the pilot, or simulated pools, behind each spread (default 5)")
+    p.add_argument("--prior-labels", type=number(float, 0), default=1.0,
+                   help="pseudo-labels per confusion row, drawn towards the crowd's pooled row, for a pilot "
+                   "(default 1)")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seeds every draw (default 0)")
+    p.add_argument("--out", help="also write the table to this CSV")
+    p.add_argument("--plot", help="draw the predicted errors to this PNG")
+    return p
+
+
+def main(argv=None):
+    p = parser()
+    args = p.parse_args(argv)
+    methods = [agg.canonical(m) for m in args.algorithms]
+    if unknown := [m for m in methods if m not in METHODS]:
+        p.error(f"--algorithms: {unknown[0]!r} is not one of {', '.join(METHODS)}")
+    for path in (args.out, args.plot):
+        if path and (problem := output_problem(path)):
+            p.error(problem)
+    try:
+        if args.labels:
+            from label_files import read_answers
+
+            ann, *_, classes = read_answers(args.labels)
+            repeated = int((np.bincount(ann.items, minlength=ann.n) > 1).sum())
+            if repeated < 2 * ann.K:
+                print(f"warning: only {repeated} pilot items have two labels or more; the worker estimates rest on "
+                      "those items", file=sys.stderr)
+            pools = pilot_pools(ann, args.repeats, args.seed, args.prior_labels)
+            title = f"{args.labels}: {ann.m} workers, {ann.n} pilot items, K = {ann.K}"
+        else:
+            pools = simulated_pools(args.repeats, args.workers, args.classes, args.gamma, args.worker_model, args.seed)
+            title = f"{args.workers} {args.worker_model} workers, gamma {args.gamma}, K = {args.classes}"
+        title += f"; budget {args.budget}"
+        print(title)
+        curve = LearningCurve.fit(args.learning_curve, pools[0].K)
+        rows = plan(pools, args.budget, sorted(set(args.redundancy)), methods, curve, args.seed)
+    except InputError as err:
+        print(f"plan.py: error: {err}", file=sys.stderr)
+        return 2
+    table, best = summary(rows, methods)
+    print_table(table, best)
+    if args.out:
+        from atomic import atomic_write
+
+        atomic_write(args.out, frame(table).to_csv(index=False).encode())
+    if args.plot:
+        plot(table, best, args.plot, title)
+    for path in (args.out, args.plot):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
