@@ -106,12 +106,14 @@ def mbem(answers, model_probs, workers=None, labels=None, class_prior=False):
 
 
 def plan(answers=None, workers=None, labels=None, *, budget, redundancy=(1, 2, 3, 5, 7, 9),
-         methods=planner.DEFAULT_METHODS, learning_curve=planner.DEFAULT_CURVE, repeats=5, seed=0,
-         simulated=None):
+         methods=planner.DEFAULT_METHODS, learning_curve=planner.DEFAULT_CURVE, noisy_run=None, repeats=5,
+         seed=0, simulated=None):
     """How many labels per item a budget should buy (plan.py's model, docs/planning.md): from pilot
     labels (as `aggregate` takes them, some items labelled more than once) or, with `simulated`,
     a simulated crowd: dict(workers=100, gamma=0.2, worker_model="hammer-spammer", classes=10).
-    learning_curve: (items, test error) points of your classifier on clean labels.
+    learning_curve: (items, test error) points of your classifier on clean labels; noisy_run: one
+    run on noisy labels, (items, label accuracy, test error[, share of training items predicted as
+    labelled]), as plan.py's --noisy-run.
 
     Returns (a DataFrame with a row per method and r: items, target_accuracy, clean_equivalent,
     predicted_error and each one's _sd over repeats; {method: recommended r})."""
@@ -122,6 +124,10 @@ def plan(answers=None, workers=None, labels=None, *, budget, redundancy=(1, 2, 3
         crowd = dict(workers=100, gamma=0.2, worker_model="hammer-spammer", classes=10) | dict(simulated)
         pools = planner.simulated_pools(repeats, crowd["workers"], crowd["classes"], crowd["gamma"],
                                         crowd["worker_model"], seed)
-    curve = planner.LearningCurve.fit(learning_curve, pools[0].K)
-    table, best = planner.summary(planner.plan(pools, budget, sorted(set(redundancy)), methods, curve, seed), methods)
+    classifier = planner.Classifier.fit(learning_curve, pools[0].K)
+    if noisy_run is not None:
+        n, accuracy, error, *agreement = noisy_run
+        classifier = classifier.with_noisy_run(n, accuracy, error, pools[0].K, *agreement)
+    rows = planner.plan(pools, budget, sorted(set(redundancy)), methods, classifier, seed)
+    table, best = planner.summary(rows, methods)
     return planner.frame(table), {method: r for method, (r, _) in best.items()}

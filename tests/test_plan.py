@@ -49,7 +49,7 @@ def exact(pool, r, method):
 def test_monte_carlo_matches_exact_enumeration_for_two_kinds_of_worker(r):
     K = 3
     pool = plan.Pool(np.stack([noisy(K, 0.9)] * 2 + [noisy(K, 0.45)] * 3), np.array([0.5, 0.3, 0.2]))
-    curve = plan.LearningCurve(1.0, 0.3, 1 - 1 / K)
+    curve = plan.Classifier(1.0, 0.3, 1 - 1 / K)
     budget = 240000
     rows = plan.plan([pool], budget, [r], ["mv", "wmv", "oracle"], curve, seed=3)
     for _, _, n, method, accuracy, clean_equivalent, _ in rows:
@@ -77,10 +77,10 @@ def test_worth_closed_forms():
 
 def test_learning_curve_fit():
     points = [(n, 5.0 * n ** -0.3) for n in (1000, 4000, 20000)]
-    curve = plan.LearningCurve.fit(points, K=10)
+    curve = plan.Classifier.fit(points, K=10)
     assert (curve.c, curve.beta) == (pytest.approx(5.0), pytest.approx(0.3))
     assert curve.error(1) == pytest.approx(0.9)  # capped at chance
-    one = plan.LearningCurve.fit([(10000, 0.2)], K=10, beta=0.5)
+    one = plan.Classifier.fit([(10000, 0.2)], K=10, beta=0.5)
     assert (one.beta, float(one.error(40000))) == (0.5, pytest.approx(0.1))
 
 
@@ -173,3 +173,35 @@ def test_api_plan_from_a_dataframe_and_simulated():
     assert set(best) == set(plan.DEFAULT_METHODS) and set(table["redundancy"]) == {1, 2}
     table, best = api.plan(budget=6000, redundancy=[1, 3], repeats=2, simulated=dict(workers=20, gamma=1.0, classes=5))
     assert best == dict.fromkeys(plan.DEFAULT_METHODS, 1)
+
+
+def test_noisy_run_solves_kappa_and_mu_back():
+    K, n, accuracy = 10, 50000, 0.5
+    clean = plan.Classifier.fit(plan.DEFAULT_CURVE, K)
+    s2 = ((K * accuracy - 1) / (K - 1)) ** 2
+    error = float(clean.error(n * s2 / (1 + 2.0 * (1 - s2))))  # what a classifier with kappa 2 reaches
+    repeat = (1 - error) * accuracy + error * (1 - accuracy) / (K - 1)
+    agreement = 0.3 + 0.7 * repeat  # mu 0.3 of the items memorised
+    fitted = clean.with_noisy_run(n, accuracy, error, K, agreement)
+    assert (fitted.noise_weight, fitted.memorised) == (pytest.approx(2.0), pytest.approx(0.3))
+    assert clean.with_noisy_run(n, accuracy, float(clean.error(n * s2)) * 0.9, K).noise_weight == 0.0  # never below 0
+
+
+def test_noise_weight_costs_hard_noisy_labels_as_stated():
+    K, n, a, kappa = 10, 200000, 0.6, 4.0
+    rng = np.random.default_rng(7)
+    truth = rng.integers(0, K, n)
+    hard = plan.model_predictions(truth, a, K, rng)
+    s2 = ((K * a - 1) / (K - 1)) ** 2
+    assert plan.worth(agg.one_hot(hard, K), truth, kappa)[1] == pytest.approx(s2 / (1 + kappa * (1 - s2)), rel=0.02)
+    assert plan.worth(agg.one_hot(truth, K), truth, kappa)[1] == pytest.approx(1.0)  # clean labels cost nothing more
+
+
+def test_a_model_that_memorised_every_label_gives_mbem_the_labels_back():
+    """At r = 1 a bootstrap model that repeats every label agrees with every worker, so MBEM's step
+    trusts each label fully and its targets are the labels themselves, whatever rho is."""
+    pool = plan.simulated_pool(20, 5, 0.3, "hammer-spammer", np.random.default_rng(8))
+    ann, truth = plan.collection(pool, 3000, 1, np.random.default_rng(9))
+    targets = plan.targets("mbem", ann, pool, truth, np.random.default_rng(10), rho=0.9, memorised=1.0)
+    assert np.array_equal(targets.argmax(axis=1), ann.labels[np.argsort(ann.items)])
+    assert targets.max(axis=1).min() > 0.99
