@@ -20,31 +20,35 @@ The model and its assumptions:
    model trained on wmv's targets: on a share mu of them it repeats the label it was trained on
    (the most frequent, ties at random: what it memorised), on the others it is right with
    probability rho and otherwise wrong uniformly, as on unseen images).
-3. Their worth in clean items. Near a uniform prediction u, an item's cross-entropy gradient is
-   (t - u) x for a target t. Its component along e_y - u (y the true class) is the signal,
-   s = (K t_y - 1) / (K - 1) clean labels' worth; its power |t - u|^2 / |e_y - u|^2 scales the
-   noise the item's features add, and what is left of the power, power - s^2 on average (the
-   target's spread about its class's mean target: wrong classes it points at), is label noise that
-   a network fitting its targets learns as if it were signal. So n items with targets t are worth
-       n_eff = n E[s]^2 / (E[power] + kappa (E[power] - E[s]^2))
-   clean ones, where kappa says how much the classifier is hurt by fitting wrong targets beyond
-   the signal they lack: 0 where feature noise dominates (a network that does not memorise its
-   labels), large for one that fits every label. Hard labels right with probability a (errors
-   uniform) give n s^2 / (1 + kappa (1 - s^2)), s = (K a - 1) / (K - 1); a uniform target (a
-   spammer's item under the right confusions) adds nothing and costs nothing; a right one-hot
-   target is one clean item. The recommendation ranks r by n_eff, and only by it.
-4. Test error, for mbem's bootstrap model and for the table: a learning curve
-   err(n) = c n^-beta (at most the chance error 1 - 1/K) of the user's classifier on clean labels,
-   fitted in log-log to the points given (one point keeps beta = DEFAULT_BETA); the predicted error
-   of training on the targets is err(n_eff), and mbem's rho is 1 - err(n_eff of wmv). kappa is 0
-   and mu are 0 unless one run on noisy labels is given (n items, hard labels right with
-   probability a, errors uniform, test error e, and optionally the share A of its training items
-   whose prediction is their label): kappa solves err(n s^2 / (1 + kappa (1 - s^2))) = e, and mu
-   solves A = mu + (1 - mu) g, where g = (1 - e) a + e (1 - a) / (K - 1) is how often a model that
-   only generalises repeats a label. The cpu preset's ResNet-20 on CIFAR-10 is in the first
-   regime: its MV at r = 1 (labels right 0.291, test error 0.487, the means of results/cpu's three
-   seeds) gives kappa = 0, and its bootstrap models repeat a spammer's wrong label on 0.06 of the
-   items against 0.056 by chance (mu about 0.006).
+3. What the targets teach, by two limiting learners, the user's classifier a mixture of them.
+   A learner that averages (a network that does not memorise its labels, or any learner whose
+   features' noise dominates): near a uniform prediction u an item's cross-entropy gradient is
+   (t - u) x for a target t; its component along e_y - u (y the true class) is the signal,
+   s = (K t_y - 1) / (K - 1) clean labels' worth, and its power |t - u|^2 / |e_y - u|^2 scales
+   the noise the item's features add. So n items are worth n_eff = n E[s]^2 / E[power] clean
+   ones, and its test error is err(n_eff). Hard labels right with probability a (errors uniform)
+   are worth n s^2 with s = (K a - 1) / (K - 1); a uniform target (a spammer's item under the
+   right confusions) adds nothing and costs nothing; a right one-hot target is one clean item.
+   A learner that copies (a network that fits every training label and answers an unseen image
+   with the target of the training images nearest it): its test answer is the argmax of a
+   neighbour's target, right with the targets' accuracy a, so its accuracy above chance is that of
+   the clean learner on the same n items times s_a = (K a - 1) / (K - 1):
+   1/K + s_a (1 - err(n) - 1/K). The classifier's accuracy is (1 - lambda) times the first's plus
+   lambda times the second's. The recommendation ranks r by that predicted error (below chance,
+   the averaging learner's err(n_eff) is not capped, so the ranking goes on by n_eff), and the
+   clean-equivalent shown is the clean items n whose err(n) is the predicted error.
+4. The classifier: a learning curve err(n) = c n^-beta (at most the chance error 1 - 1/K) of its
+   test error on clean labels, fitted in log-log to the points given (one point keeps
+   beta = DEFAULT_BETA); lambda; and mu, the share of its training items whose label it repeats
+   (memorised) rather than predicts. mbem's rho is 1 - the predicted error of training on wmv's
+   targets. lambda and mu are 0 unless one run on noisy labels is given (n items, hard labels
+   right with probability a, errors uniform, its test error e, and optionally the share A of its
+   training items predicted as labelled): lambda solves the mixture's accuracy = 1 - e, and mu
+   solves A = mu + (1 - mu) g, where g = (1 - e) a + e (1 - a) / (K - 1) is how often a model
+   that only predicts repeats a label. The cpu preset's ResNet-20 on CIFAR-10 averages: its MV at
+   r = 1 (labels right 0.291, test error 0.487, the means of results/cpu's three seeds) is
+   predicted at 0.511 by the averaging learner alone, and its bootstrap models repeat a spammer's
+   wrong label on 0.06 of the items against 0.056 by chance (mu about 0.006).
 
 Uncertainty: `--repeats` times the pilot's items are resampled with replacement and the pool fitted
 again (a simulated pool is drawn again from the next seed); each repeat draws its own collection. The
@@ -99,16 +103,16 @@ def pilot_pool(ann, prior_labels=1.0):
 
 @dataclass
 class Classifier:
-    """How the user's classifier learns: err(n) = c n^-beta, at most `chance`, its test error after
-    training on n clean items; `noise_weight`, kappa, what fitting wrong targets costs it; and
-    `memorised`, mu, the share of its training items on which it repeats its target (the module's
-    points 2 to 4)."""
+    """How the user's classifier learns (the module's points 3 and 4): err(n) = c n^-beta, at most
+    `chance`, its test error after training on n clean items; `copying`, lambda, its weight on the
+    learner that copies its nearest training target; `repeating`, mu, the share of its training
+    items whose label it repeats."""
 
     c: float
     beta: float
     chance: float
-    noise_weight: float = 0.0
-    memorised: float = 0.0
+    copying: float = 0.0
+    repeating: float = 0.0
 
     @classmethod
     def fit(cls, points, K, beta=DEFAULT_BETA):
@@ -118,39 +122,49 @@ class Classifier:
             beta = -np.polyfit(n, err, 1)[0]
         return cls(float(np.exp(np.mean(err + beta * n))), float(beta), 1.0 - 1.0 / K)
 
-    def error(self, n):
+    def error(self, n, cap=True):
         n = np.maximum(np.asarray(n, dtype=np.float64), 1e-12)
-        return np.minimum(self.c * n ** -self.beta, self.chance)
+        error = self.c * n ** -self.beta
+        return np.minimum(error, self.chance) if cap else error
 
     def items(self, error):
-        """The clean items n with err(n) = error (error below chance)."""
-        return (self.c / error) ** (1.0 / self.beta)
+        """The clean items n with err(n) = error."""
+        return (self.c / np.asarray(error, dtype=np.float64)) ** (1.0 / self.beta)
+
+    def predicted_error(self, n, efficiency, accuracy, cap=True):
+        """Test error after training on n items whose targets are worth `efficiency` clean items
+        each to the averaging learner and whose argmax is right on a share `accuracy`."""
+        K = 1.0 / (1.0 - self.chance)
+        averaging = 1.0 - self.error(n * efficiency, cap)
+        copying = 1.0 / K + (K * accuracy - 1) / (K - 1) * (1.0 - self.error(n) - 1.0 / K)
+        error = 1.0 - ((1 - self.copying) * averaging + self.copying * copying)
+        return np.minimum(error, self.chance) if cap else error
 
     def with_noisy_run(self, n, accuracy, error, K, agreement=None):
-        """This classifier with kappa (and mu, given `agreement`) solved from one run on n hard
+        """This classifier with lambda (and mu, given `agreement`) solved from one run on n hard
         labels right with probability `accuracy` (errors uniform) that reached test `error` and
-        repeated its label on a share `agreement` of its training items; both at least 0."""
-        s2 = ((K * accuracy - 1) / (K - 1)) ** 2
-        if not 0 < s2 < 1 or error >= self.chance:
+        repeated its label on a share `agreement` of its training items; both within [0, 1]."""
+        s = (K * accuracy - 1) / (K - 1)
+        if not 0 < s < 1 or error >= self.chance:
             raise InputError(f"a noisy run needs labels better than chance and short of perfect, and a test error "
                              f"below chance ({self.chance:.2f}): got accuracy {accuracy}, error {error}")
-        kappa = max(0.0, float((n * s2 / self.items(error) - 1) / (1 - s2)))
+        averaging = 1.0 - float(self.error(n * s * s))
+        copying = 1.0 / K + s * (1.0 - float(self.error(n)) - 1.0 / K)
+        weight = (averaging - (1 - error)) / (averaging - copying) if averaging != copying else 0.0
         mu = 0.0
         if agreement is not None:
             chance_repeat = (1 - error) * accuracy + error * (1 - accuracy) / (K - 1)
             mu = float(np.clip((agreement - chance_repeat) / (1 - chance_repeat), 0.0, 1.0))
-        return Classifier(self.c, self.beta, self.chance, kappa, mu)
+        return Classifier(self.c, self.beta, self.chance, float(np.clip(weight, 0.0, 1.0)), mu)
 
 
-def worth(targets, truth, noise_weight=0.0):
-    """(accuracy of the targets' argmax, their worth per item in clean items:
-    E[s]^2 / (E[power] + kappa (E[power] - E[s]^2))), with s = (K t_y - 1) / (K - 1),
-    power = |t - u|^2 / |e_y - u|^2 and kappa = noise_weight (the module's point 3)."""
+def worth(targets, truth):
+    """(accuracy of the targets' argmax, their worth per item in clean items to the averaging
+    learner, E[s]^2 / E[power]), s = (K t_y - 1) / (K - 1), power = |t - u|^2 / |e_y - u|^2."""
     K = targets.shape[1]
     s = ((K * targets[np.arange(len(truth)), truth] - 1) / (K - 1)).mean()
     power = (((targets - 1.0 / K) ** 2).sum(axis=1) / (1 - 1.0 / K)).mean()
-    cost = power + noise_weight * max(power - s ** 2, 0.0)
-    return float((targets.argmax(axis=1) == truth).mean()), float(s ** 2 / cost) if cost > 0 else 0.0
+    return float((targets.argmax(axis=1) == truth).mean()), float(s ** 2 / power) if power > 0 else 0.0
 
 
 def model_predictions(truth, rho, K, rng):
@@ -166,36 +180,37 @@ def collection(pool, n, r, rng):
     return agg.Annotations(*noise_sim.simulate_labels(truth, pool.confusions, r, rng), n, m, pool.K), truth
 
 
-def targets(method, ann, pool, truth, rng, rho=None, memorised=0.0):
+def targets(method, ann, pool, truth, rng, rho=None, repeating=0.0):
     """Training targets (n x K) of one method on a collection, as MBEM.py makes them (point 2)."""
     if method in agg.LABEL_ONLY:
         return agg.aggregate(ann, method, rng).posterior
     if method == "oracle":
         return agg.posterior(ann, pool.confusions, pool.prior)
     if method == "mbem":
-        repeated = rng.random(ann.n) < memorised
+        repeated = rng.random(ann.n) < repeating
         predicted = np.where(repeated, agg.majority_vote(ann, rng), model_predictions(truth, rho, ann.K, rng))
         return agg.mbem_step(ann, agg.one_hot(predicted, ann.K))[0]
     raise ValueError(f"{method!r}: the planner knows {', '.join(METHODS)}")
 
 
 def one_repeat(pool, budget, redundancies, methods, classifier, rng):
-    """Rows (r, n, method, target accuracy, n_eff, predicted error) of one draw at every r."""
+    """Rows (r, n, method, target accuracy, clean-equivalent, predicted error, uncapped predicted
+    error: the ranking's score) of one draw at every r."""
     rows = []
     for r in redundancies:
         n = budget // r
         ann, truth = collection(pool, n, r, rng)
         found = {}
-        for method in sorted(methods, key=lambda m: m == "mbem"):  # mbem's model needs wmv's n_eff
+        for method in sorted(methods, key=lambda m: m == "mbem"):  # mbem's model needs wmv's targets
             rho = None
             if method == "mbem":
-                wmv = found.get("wmv") or worth(targets("wmv", ann, pool, truth, rng), truth, classifier.noise_weight)
-                rho = 1.0 - float(classifier.error(n * wmv[1]))
-            made = targets(method, ann, pool, truth, rng, rho, classifier.memorised)
-            found[method] = worth(made, truth, classifier.noise_weight)
+                accuracy, efficiency = found.get("wmv") or worth(targets("wmv", ann, pool, truth, rng), truth)
+                rho = 1.0 - float(classifier.predicted_error(n, efficiency, accuracy))
+            found[method] = worth(targets(method, ann, pool, truth, rng, rho, classifier.repeating), truth)
         for method in methods:
             accuracy, efficiency = found[method]
-            rows.append((r, n, method, accuracy, n * efficiency, float(classifier.error(n * efficiency))))
+            score = float(classifier.predicted_error(n, efficiency, accuracy, cap=False))
+            rows.append((r, n, method, accuracy, float(classifier.items(score)), min(score, classifier.chance), score))
     return rows
 
 
@@ -214,8 +229,9 @@ def plan(pools, budget, redundancies, methods=DEFAULT_METHODS, classifier=None, 
 
 
 def summary(rows, methods):
-    """{method: {r: (n, (mean, sd) of target accuracy, of n_eff, of predicted error)}} and
-    {method: (recommended r, the share of repeats that ranked it first)}."""
+    """{method: {r: (n, (mean, sd) of target accuracy, of clean-equivalent, of predicted error)}}
+    and {method: (recommended r: the least mean uncapped predicted error, the share of repeats
+    that ranked it first)}."""
     repeats = sorted({row[0] for row in rows})
     table, best = {}, {}
     for method in methods:
@@ -225,8 +241,8 @@ def summary(rows, methods):
         mean, sd = grid.mean(axis=0), grid.std(axis=0, ddof=1) if len(repeats) > 1 else np.zeros(grid.shape[1:])
         n = {row[1]: row[2] for row in mine}
         table[method] = {r: (n[r], *[(mean[j, q], sd[j, q]) for q in range(3)]) for j, r in enumerate(rs)}
-        first = int(np.argmax(mean[:, 1]))
-        best[method] = (rs[first], float((grid[:, :, 1].argmax(axis=1) == first).mean()))
+        first = int(np.argmin(mean[:, 3]))
+        best[method] = (rs[first], float((grid[:, :, 3].argmin(axis=1) == first).mean()))
     return table, best
 
 
@@ -276,7 +292,7 @@ def print_table(table, best):
             mark = " <" if r == best[method][0] else ""
             print(f"{method:<7} {r:>2} {n:>7} {acc[0]:>7.3f} ± {acc[1]:.3f} {eff[0]:>10.0f} ± {eff[1]:>6.0f} "
                   f"{err[0]:>8.3f} ± {err[1]:.3f}{mark}")
-    print("(< the r whose targets are worth most clean items; share of repeats that ranked it first: " +
+    print("(< the r with the least predicted error; share of repeats that ranked it first: " +
           ", ".join(f"{method} {share:.0%}" for method, (_, share) in best.items()) + ")")
     print(recommended_line(best))
 
@@ -402,7 +418,7 @@ def main(argv=None):
             n, accuracy, error, *agreement = args.noisy_run
             classifier = classifier.with_noisy_run(n, accuracy, error, pools[0].K, *agreement)
         print(f"classifier: clean test error {classifier.c:.3g} n^-{classifier.beta:.3f}, "
-              f"kappa {classifier.noise_weight:.3g}, mu {classifier.memorised:.3g}")
+              f"copying lambda {classifier.copying:.3g}, repeating mu {classifier.repeating:.3g}")
         rows = plan(pools, args.budget, sorted(set(args.redundancy)), methods, classifier, args.seed)
     except InputError as err:
         print(f"plan.py: error: {err}", file=sys.stderr)

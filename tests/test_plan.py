@@ -49,13 +49,13 @@ def exact(pool, r, method):
 def test_monte_carlo_matches_exact_enumeration_for_two_kinds_of_worker(r):
     K = 3
     pool = plan.Pool(np.stack([noisy(K, 0.9)] * 2 + [noisy(K, 0.45)] * 3), np.array([0.5, 0.3, 0.2]))
-    curve = plan.Classifier(1.0, 0.3, 1 - 1 / K)
-    budget = 240000
-    rows = plan.plan([pool], budget, [r], ["mv", "wmv", "oracle"], curve, seed=3)
-    for _, _, n, method, accuracy, clean_equivalent, _ in rows:
+    rng = np.random.default_rng(3)
+    ann, truth = plan.collection(pool, 240000 // r, r, rng)
+    for method in ("mv", "wmv", "oracle"):
+        accuracy, efficiency = plan.worth(plan.targets(method, ann, pool, truth, rng), truth)
         want_accuracy, want_worth = exact(pool, r, method)
         assert accuracy == pytest.approx(want_accuracy, abs=0.006), method
-        assert clean_equivalent / n == pytest.approx(want_worth, rel=0.03, abs=0.002), method
+        assert efficiency == pytest.approx(want_worth, rel=0.03, abs=0.002), method
 
 
 def test_worth_closed_forms():
@@ -175,26 +175,31 @@ def test_api_plan_from_a_dataframe_and_simulated():
     assert best == dict.fromkeys(plan.DEFAULT_METHODS, 1)
 
 
-def test_noisy_run_solves_kappa_and_mu_back():
-    K, n, accuracy = 10, 50000, 0.5
-    clean = plan.Classifier.fit(plan.DEFAULT_CURVE, K)
-    s2 = ((K * accuracy - 1) / (K - 1)) ** 2
-    error = float(clean.error(n * s2 / (1 + 2.0 * (1 - s2))))  # what a classifier with kappa 2 reaches
+def test_noisy_run_solves_lambda_and_mu_back():
+    K, n, accuracy = 10, 20000, 0.5
+    truth = plan.Classifier(*plan.Classifier.fit(plan.DEFAULT_CURVE, K).__dict__.values())
+    truth.copying = 0.4
+    s = (K * accuracy - 1) / (K - 1)
+    error = float(truth.predicted_error(n, s * s, accuracy))  # what a classifier with lambda 0.4 reaches
     repeat = (1 - error) * accuracy + error * (1 - accuracy) / (K - 1)
-    agreement = 0.3 + 0.7 * repeat  # mu 0.3 of the items memorised
+    agreement = 0.3 + 0.7 * repeat  # mu: 0.3 of the items repeated
+    clean = plan.Classifier.fit(plan.DEFAULT_CURVE, K)
     fitted = clean.with_noisy_run(n, accuracy, error, K, agreement)
-    assert (fitted.noise_weight, fitted.memorised) == (pytest.approx(2.0), pytest.approx(0.3))
-    assert clean.with_noisy_run(n, accuracy, float(clean.error(n * s2)) * 0.9, K).noise_weight == 0.0  # never below 0
+    assert (fitted.copying, fitted.repeating) == (pytest.approx(0.4), pytest.approx(0.3))
+    better = float(clean.error(n * s * s)) * 0.9  # better than the averaging learner: lambda stays 0
+    assert clean.with_noisy_run(n, accuracy, better, K).copying == 0.0
 
 
-def test_noise_weight_costs_hard_noisy_labels_as_stated():
-    K, n, a, kappa = 10, 200000, 0.6, 4.0
-    rng = np.random.default_rng(7)
-    truth = rng.integers(0, K, n)
-    hard = plan.model_predictions(truth, a, K, rng)
-    s2 = ((K * a - 1) / (K - 1)) ** 2
-    assert plan.worth(agg.one_hot(hard, K), truth, kappa)[1] == pytest.approx(s2 / (1 + kappa * (1 - s2)), rel=0.02)
-    assert plan.worth(agg.one_hot(truth, K), truth, kappa)[1] == pytest.approx(1.0)  # clean labels cost nothing more
+def test_the_two_learners_closed_forms_for_hard_noisy_labels():
+    """Hard labels right with probability a: the averaging learner reaches err(n s^2), the copying
+    one 1/K + s (1 - err(n) - 1/K) accuracy, s = (K a - 1) / (K - 1)."""
+    K, n, a = 10, 5000, 0.6
+    s = (K * a - 1) / (K - 1)
+    averaging = plan.Classifier.fit(plan.DEFAULT_CURVE, K)
+    copying = plan.Classifier(averaging.c, averaging.beta, averaging.chance, copying=1.0)
+    assert averaging.predicted_error(n, s * s, a) == pytest.approx(averaging.error(n * s * s))
+    assert 1 - copying.predicted_error(n, s * s, a) == pytest.approx(1 / K + s * (1 - averaging.error(n) - 1 / K))
+    assert copying.predicted_error(n, 1.0, 1.0) == pytest.approx(averaging.error(n))  # clean labels: the same
 
 
 def test_a_model_that_memorised_every_label_gives_mbem_the_labels_back():
@@ -202,6 +207,6 @@ def test_a_model_that_memorised_every_label_gives_mbem_the_labels_back():
     trusts each label fully and its targets are the labels themselves, whatever rho is."""
     pool = plan.simulated_pool(20, 5, 0.3, "hammer-spammer", np.random.default_rng(8))
     ann, truth = plan.collection(pool, 3000, 1, np.random.default_rng(9))
-    targets = plan.targets("mbem", ann, pool, truth, np.random.default_rng(10), rho=0.9, memorised=1.0)
+    targets = plan.targets("mbem", ann, pool, truth, np.random.default_rng(10), rho=0.9, repeating=1.0)
     assert np.array_equal(targets.argmax(axis=1), ann.labels[np.argsort(ann.items)])
     assert targets.max(axis=1).min() > 0.99
