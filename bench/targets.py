@@ -14,7 +14,9 @@ Per estimator and r, the mean over seeds of:
   log p_true  its mean log (floor 1e-12): the cross-entropy of the targets against the truth;
   sure right  the share of items whose target gives the true class at least 0.9;
   sure wrong  the share whose target gives one wrong class at least 0.5;
-  worker MAE  the mean absolute error of each worker's accuracy (its confusion's mean diagonal).
+  worker MAE  the mean absolute error of each worker's accuracy (its confusion's mean diagonal);
+  worth       what each item's target is worth in clean items to plan.py's averaging learner,
+              E[s]^2 / E[|t - u|^2 / |e_y - u|^2] with s = (K t_y - 1) / (K - 1) (docs/planning.md).
 A line per seed follows with MBEM's and each candidate's p_true, to show the spread.
 
 Estimators (aggregation.py has each, with its model and assumptions):
@@ -24,7 +26,10 @@ Estimators (aggregation.py has each, with its model and assumptions):
   annotator+model  the same, the model's vote in the targets too;
   one-coin         one-coin workers, the model's accuracy rho estimated (the best workers perfect);
   one-coin rho     the same given the model's true accuracy on its items (a diagnostic: it uses
-                   the truth, as a small set of known items would give it).
+                   the truth, as a small set of known items would give it);
+  plan's mbem      the release's step from plan.py's stand-in for the bootstrap model, right as
+                   often as the real one, its errors uniform: how far the planner's model of
+                   MBEM's targets is from the real ones.
 """
 
 import argparse
@@ -40,6 +45,7 @@ sys.path.insert(0, ROOT)
 import aggregation as agg  # noqa: E402
 import dataset as data  # noqa: E402
 import noise_sim  # noqa: E402
+import plan  # noqa: E402
 import settings  # noqa: E402
 import store  # noqa: E402
 from MBEM import Experiment  # noqa: E402
@@ -63,6 +69,10 @@ def candidates(ann, probs, workers, truth):
     found["rho"] = rho  # the model's accuracy as one-coin estimates it
     targets, confusions, _ = agg.one_coin_step(ann, probs, model_accuracy=float((predicted == truth).mean()))
     found["one-coin rho"] = (targets, confusions)
+    # plan.py's stand-in for the bootstrap model: as often right, its errors uniform
+    stand_in = plan.model_predictions(truth, float((predicted == truth).mean()), ann.K, np.random.default_rng(0))
+    targets, confusions, _ = agg.mbem_step(ann, agg.one_hot(stand_in, ann.K))
+    found["plan's mbem"] = (targets, confusions)
     return found
 
 
@@ -74,7 +84,8 @@ def scores(targets, confusions, truth, workers, ann):
     mae = np.abs(agg.worker_accuracy(confusions) - agg.worker_accuracy(workers))[active].mean()
     return {"acc": float((targets.argmax(axis=1) == truth).mean()), "p_true": float(p_true.mean()),
             "log p_true": float(np.log(np.maximum(p_true, 1e-12)).mean()), "sure right": float((p_true >= 0.9).mean()),
-            "sure wrong": float((wrong.max(axis=1) >= 0.5).mean()), "worker MAE": float(mae)}
+            "sure wrong": float((wrong.max(axis=1) >= 0.5).mean()), "worker MAE": float(mae),
+            "worth": plan.worth(targets, truth)[1]}
 
 
 def folder_config(folder):

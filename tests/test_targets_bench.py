@@ -10,7 +10,7 @@ def test_target_scores_of_results_cpu_at_r1():
     shared_path("cifar10-jpeg.tar.gz")
     result = run_script("bench/targets.py", "results/cpu", "--redundancy", "1")
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = {" ".join(line.split()[1:-7]): [float(x) for x in line.split()[-6:]]
+    rows = {" ".join(line.split()[1:-8]): [float(x) for x in line.split()[-7:]]
             for line in result.stdout.splitlines() if line.startswith(" 1 ")}
     assert rows["oracle"][1] == pytest.approx(0.2832, abs=1e-4)  # p_true, as the docs' table has it
     assert rows["mbem"][1] == pytest.approx(0.1931, abs=1e-4) and rows["one-coin"][1] == pytest.approx(0.2760, abs=1e-4)
