@@ -45,7 +45,7 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# Between edits: everything but the tests marked slow (training, end-to-end runs); about a minute.
+# Between edits: everything but the tests marked slow (training, end-to-end runs); 1.5 minutes or so (README).
 test-fast: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow"
