@@ -83,6 +83,28 @@ def mbem(ann, bootstrap, train, rounds=1, class_prior=False, step="release"):
     return posterior, confusions, result, posteriors
 
 
+def load_images(config):
+    """The images of --dataset (digits, imagenet, folder, cifar10), or a RunError in one line: the
+    dispatch lives here, with its caller, so that imagenet.py (which builds on dataset.Dataset)
+    and dataset.py never import each other."""
+    try:
+        if config.dataset == "digits":
+            return data.load_digits()
+        if config.dataset == "imagenet":
+            import imagenet
+
+            return imagenet.load(config.source, config.val_size, config.image_size, config.loader_workers)
+        if config.dataset == "folder":
+            return data.load_folder(config.source, config.data_dir)
+    except (OSError, ValueError) as err:
+        raise RunError(str(err)) from err
+    try:
+        return data.load_cifar10(config.data_dir)
+    except OSError as err:
+        raise RunError(f"cannot get CIFAR-10 ({err}). Offline? Use --dataset folder --source "
+                       "PATH with a class-folder copy, e.g. ../shared/data/cifar10-jpeg.tar.gz") from err
+
+
 # ----------------------------------------------------------------------------- the experiment
 
 class Experiment:
@@ -136,7 +158,7 @@ class Experiment:
         self.check_truth(val_index)
         self.trained = {}  # (seed, items digest) -> [(targets, Trained)]: see fit
         self.bootstrap = {}  # (seed, r, n) -> the WMV model's predicted class of each item, for MBEM
-        self.trainer = pipeline.trainer(config.backend)
+        self.trainer = settings.trainer(config.backend)
         self.trainer_code = store.trainer_digest()  # a checkpoint of other trainer code is not resumed
         self.precision = "fp32"
         if config.backend == "torch":
@@ -429,7 +451,7 @@ def main(argv=None):
     if rank == 0:
         store.check_writable(config.out)
     store.load_results(config)  # a different config there is refused before the data loads
-    ds = data.load(config)
+    ds = load_images(config)
     experiment = Experiment(config, ds, writer=rank == 0, verbose=args.verbose)
     if rank == 0 and not args.dry_run:  # one run per folder: a second would overwrite the first's cells
         if note := store.hold(config.out):
@@ -492,7 +514,7 @@ def join_processes(config):
         return 0
     if config.backend != "torch":
         raise RunError("torchrun starts data-parallel runs of the torch backend only: add --backend torch")
-    return pipeline.trainer("torch").join_processes(config.gpus)
+    return settings.trainer("torch").join_processes(config.gpus)
 
 
 def command(argv=None):

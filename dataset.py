@@ -19,7 +19,6 @@ import numpy as np
 from tqdm import tqdm
 
 from atomic import replacing
-from cli import RunError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -261,23 +260,3 @@ def validation_split(n, size, seed=0):
     """Deterministic (train_index, val_index) over range(n), val of the given size."""
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[size:]), np.sort(order[:size])
-
-
-def load(config):
-    """The images of --dataset (digits, imagenet, folder, cifar10), or a RunError in one line."""
-    try:
-        if config.dataset == "digits":
-            return load_digits()
-        if config.dataset == "imagenet":
-            import imagenet
-
-            return imagenet.load(config.source, config.val_size, config.image_size, config.loader_workers)
-        if config.dataset == "folder":
-            return load_folder(config.source, config.data_dir)
-    except (OSError, ValueError) as err:
-        raise RunError(str(err)) from err
-    try:
-        return load_cifar10(config.data_dir)
-    except OSError as err:
-        raise RunError(f"cannot get CIFAR-10 ({err}). Offline? Use --dataset folder --source "
-                       "PATH with a class-folder copy, e.g. ../shared/data/cifar10-jpeg.tar.gz") from err

@@ -22,8 +22,6 @@ from fractions import Fraction
 import numpy as np
 from tqdm import tqdm
 
-from cli import INSTALL, RunError
-
 # ----------------------------------------------------------------------------- the release's recipe
 MOMENTUM = 0.9  # Nesterov momentum
 WEIGHT_DECAY = 1e-4  # on `decayed` parameters only
@@ -66,20 +64,6 @@ def learning_rate(base, update, drops):
     """MXNet's MultiFactorScheduler: the rate of update number `update` (from 1), x0.1 for every
     drop the count has passed."""
     return base * 0.1 ** sum(update > d for d in drops)
-
-
-def trainer(backend):
-    """resnet (MXNet) or resnet_torch (PyTorch), imported when first needed."""
-    try:
-        if backend == "mxnet":
-            import resnet
-
-            return resnet
-        import resnet_torch
-
-        return resnet_torch
-    except ImportError as err:
-        raise RunError(f"{INSTALL['mxnet' if backend == 'mxnet' else 'torch']} ({err})") from err
 
 
 # ----------------------------------------------------------------------------- the input pipeline

@@ -14,8 +14,8 @@ from importlib.util import find_spec
 
 import noise_sim
 from aggregation import FIELD, METHODS, canonical
-from cli import INSTALL, Parser, csv_list, number, output_problem
-from pipeline import gpu_ids, stages, trainer
+from cli import INSTALL, Parser, RunError, csv_list, number, output_problem
+from pipeline import gpu_ids, stages
 
 
 def plan_pairs(text):
@@ -224,6 +224,21 @@ PRESETS = {
         val_size=250,
     ),
 }
+
+
+def trainer(backend):
+    """The backend switch: resnet (MXNet) or resnet_torch (PyTorch), imported when first needed (each
+    framework is optional). Both import pipeline, which imports neither, so no cycle runs here."""
+    try:
+        if backend == "mxnet":
+            import resnet
+
+            return resnet
+        import resnet_torch
+
+        return resnet_torch
+    except ImportError as err:
+        raise RunError(f"{INSTALL['mxnet' if backend == 'mxnet' else 'torch']} ({err})") from err
 
 
 def preset(name, **changes):

@@ -43,12 +43,11 @@ import numpy as np
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 import aggregation as agg  # noqa: E402
-import dataset as data  # noqa: E402
 import noise_sim  # noqa: E402
 import plan  # noqa: E402
 import settings  # noqa: E402
 import store  # noqa: E402
-from MBEM import Experiment  # noqa: E402
+from MBEM import Experiment, load_images  # noqa: E402
 
 
 def candidates(ann, probs, workers, truth):
@@ -104,7 +103,7 @@ def main(argv=None):
     config = folder_config(args.folder)
     if config.annotations:
         p.error(f"{args.folder}: real labels have no simulated truth to score targets against")
-    ds = data.load(config)
+    ds = load_images(config)
     experiment = Experiment(config, ds, writer=False)
     wanted = None if args.redundancy is None else {int(r) for r in args.redundancy.split(",")}
     table, per_seed = {}, []

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 import aggregation as agg
-import dataset as data
 import noise_sim
 import settings
 from conftest import ROOT, shared_path
-from MBEM import Experiment
+from MBEM import Experiment, load_images
 
 FOLDERS = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*", "results.json"))
                  if os.path.basename(os.path.dirname(p)) not in ("demo", "smoke"))  # those two are not committed
@@ -62,7 +61,7 @@ def cifar():
     old = os.getcwd()
     os.chdir(ROOT)  # a folder's config names its source relative to the checkout
     try:
-        yield data.load(config)
+        yield load_images(config)
     finally:
         os.chdir(old)
 

@@ -524,7 +524,7 @@ def test_targets_within_float32_rounding_reuse_the_trained_model(monkeypatch):
     same float32 targets, so the cell reuses MV's model instead of a second full training. A real
     difference, another seed or other items train anew."""
     config = settings.preset("smoke", backend="torch", compile=False, epochs=1, two_stage=False, select_epoch="last")
-    experiment = MBEM.Experiment(config, dataset.load(config))
+    experiment = MBEM.Experiment(config, MBEM.load_images(config))
     calls = []
     train = experiment.trainer.train
     monkeypatch.setattr(experiment.trainer, "train", lambda *a, **k: calls.append(1) or train(*a, **k))

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import dataset
 import MBEM
 import resnet_torch
 import settings
@@ -110,7 +109,7 @@ class RecordingTrainer:
 def test_release_loop_flags_reach_the_trainer(flags):
     config, _, _ = settings.parse(["--preset", "smoke", "--backend", "torch", "--epochs", "1", "--no-two-stage",
                                    *flags])
-    experiment = MBEM.Experiment(config, dataset.load(config))
+    experiment = MBEM.Experiment(config, MBEM.load_images(config))
     experiment.trainer = recorder = RecordingTrainer()
     items = experiment.pool[:100]
     experiment.fit(np.eye(10)[experiment.ds.train_labels[items]], items, 0, "t")
