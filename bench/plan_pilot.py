@@ -6,7 +6,7 @@ the r recommended most often, the share of pilots recommending it, the mean shar
 bootstrap copies that ranked its own recommendation first (the planner's own stability), and
 the share of pilots that agree with the recommendation from every item (at the same redundancy).
 
-    python bench/plan_pilot.py                             # the three sets, about 10 minutes
+    python bench/plan_pilot.py                             # the three sets, about 8 minutes on 2 cores
     python bench/plan_pilot.py --sets dog --sizes 50,100,200,400
 
 A set is skipped with a line when its file is absent (a fresh clone has no ../shared).

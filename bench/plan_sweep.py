@@ -5,7 +5,7 @@ as MBEM.py makes their targets), and the r that measured best is set against the
 recommends for the same workers, with the planner given only what a user would have: the crowd
 and the network's learning curve on clean labels (measured here first).
 
-    python bench/plan_sweep.py                      # about 10 minutes on 2 cores
+    python bench/plan_sweep.py                      # about 4 minutes on 2 cores
     python bench/plan_sweep.py --gammas 0.2,0.6 --seeds 2 --out /tmp/sweep.csv
 
 Prints, per method and worker model, how often the planned r was the measured best, and the regret:

@@ -15,6 +15,10 @@ def test_target_scores_of_results_cpu_at_r1():
     assert rows["oracle"][1] == pytest.approx(0.2832, abs=1e-4)  # p_true, as the docs' table has it
     assert rows["mbem"][1] == pytest.approx(0.1931, abs=1e-4) and rows["one-coin"][1] == pytest.approx(0.2760, abs=1e-4)
     assert rows["one-coin"][5] < rows["mbem"][5] / 4  # worker MAE
+    # worth in clean items per item (docs/planning.md): the oracle's, the release's MBEM step's, plan.py's stand-in's
+    assert (rows["oracle"][6], rows["mbem"][6], rows["plan's mbem"][6]) == (pytest.approx(0.2036, abs=1e-4),
+                                                                           pytest.approx(0.1477, abs=1e-4),
+                                                                           pytest.approx(0.1664, abs=1e-4))
     assert "r 1 seed 2 model 0.554 rho 0.581" in result.stdout
 
 
