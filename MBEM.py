@@ -33,8 +33,6 @@ import store
 from cli import InputError, RunError, format_seconds
 from pipeline import IMAGENET_DROPS
 
-METHODS = list(agg.METHODS)  # every method's one name, in the order that seeds their random draws
-
 # Targets this close give the same model up to float32 rounding (the trainers see float32 rows), so a
 # cell reuses a model already trained on them: MV and WMV at r = 1 (identical one-hot rows), and
 # label-only EM at r = 1 on many items, which converges to MV's rows within 1e-10 (50,000 items).
@@ -292,7 +290,7 @@ class Experiment:
         def accuracy(hard):  # how often a hard label is the true class, where that is known
             return float((hard == truth)[known].mean()) if known.any() else None
 
-        rng = np.random.default_rng([seed, r, n, METHODS.index(algorithm)])
+        rng = np.random.default_rng([seed, r, n, agg.SEED_OF[algorithm]])
         # Grouped classes (the paper's ImageNet workers): every estimator runs on the labels' positions
         # within their group, targets are n x g, and `classes` maps them back to the K classes.
         grouped = agg.group_labels(ann, c.group_size) if c.group_size else None

@@ -33,6 +33,9 @@ METHODS = {  # name: what a report calls it
     "crowdlayer": "Crowd Layer",
     "conal": "CoNAL",
 }
+# Each method's own random stream (MV's tie-breaks), fixed by its name so that reordering a table
+# changes no result: the values every committed results folder was drawn with.
+SEED_OF = {"mv": 0, "wmv": 1, "em": 2, "mbem": 3, "oracle": 4, "clean": 5, "crowdlab": 6, "crowdlayer": 7, "conal": 8}
 LABEL_ONLY = ("mv", "wmv", "em")  # the methods that need nothing but the labels (`aggregate`)
 FIELD = ("crowdlab", "crowdlayer", "conal")  # later methods, each from an optional library: crowd_methods.py
 ALIASES = {"ds": "em"}  # Dawid-Skene, as crowd-kit names label-only EM

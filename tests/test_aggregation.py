@@ -273,3 +273,10 @@ def test_the_release_smoothing_constant_sets_how_much_a_perfect_worker_can_be_ov
     lifted, kept = 1e-10 / row, 100 / row
     expected = lifted * 0.5 / (kept * 1e-5 + lifted * 0.5 + lifted / 3)
     assert posterior[1] == pytest.approx(expected, rel=1e-6)
+
+
+def test_every_method_has_its_own_fixed_seed():
+    """MBEM.py seeds each method's draws by agg.SEED_OF, by name: every method has one, no two share
+    one (tests/test_committed_results.py checks the values against the committed folders)."""
+    assert set(agg.SEED_OF) == set(agg.METHODS)
+    assert len(set(agg.SEED_OF.values())) == len(agg.SEED_OF)

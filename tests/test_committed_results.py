@@ -84,7 +84,7 @@ def test_labels_and_label_only_targets_are_drawn_again_exactly(folder, cifar):
         workers = None if config.annotations else workers_of(config, seed)
         items, ann, _ = experiment.labels(seed, r, n, workers)
         assert len(items) == n and len(ann.items) == n * r
-        rng = np.random.default_rng([seed, r, n, list(agg.METHODS).index(algorithm)])  # as Experiment.cell seeds it
+        rng = np.random.default_rng([seed, r, n, agg.SEED_OF[algorithm]])  # as Experiment.cell seeds it
         if algorithm in agg.LABEL_ONLY:
             targets = agg.aggregate(ann, algorithm, rng).posterior
         elif algorithm == "oracle":
