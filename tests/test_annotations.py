@@ -10,12 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-from test_readers_fuzz import tree
 
 import aggregation as agg
 import annotations
 from cli import InputError
 from conftest import ROOT, run_script
+from test_readers_fuzz import tree
 
 
 def test_items_and_classes_are_matched_or_named():

@@ -12,11 +12,10 @@ import torch
 
 mx = pytest.importorskip("mxnet", reason="MXNet is not installed (the torch-only environment)")
 
-from test_resnet_torch import cifar_subset  # noqa: E402
-
 import pipeline  # noqa: E402
 import resnet  # noqa: E402
 import resnet_torch  # noqa: E402
+from test_resnet_torch import cifar_subset  # noqa: E402
 
 autograd = mx.autograd
 
