@@ -285,7 +285,13 @@ def recommended_line(best):
     return "recommended r: " + ", ".join(f"{method} {r}" for method, (r, _) in best.items())
 
 
-def print_table(table, best):
+def near_chance(table, chance, margin=0.01):
+    """The methods whose predicted error is within `margin` of chance at every r: their ranking
+    rests on differences the classifier would not show."""
+    return [method for method, by_r in table.items() if all(v[3][0] >= chance - margin for v in by_r.values())]
+
+
+def print_table(table, best, chance):
     print(f"{'method':<7} {'r':>2} {'items':>7} {'target acc':>14} {'clean-equivalent':>19} {'predicted error':>17}")
     for method, by_r in table.items():
         for r, (n, acc, eff, err) in by_r.items():
@@ -294,6 +300,10 @@ def print_table(table, best):
                   f"{err[0]:>8.3f} ± {err[1]:.3f}{mark}")
     print("(< the r with the least predicted error; share of repeats that ranked it first: " +
           ", ".join(f"{method} {share:.0%}" for method, (_, share) in best.items()) + ")")
+    if flat := near_chance(table, chance):
+        print(f"warning: {', '.join(flat)}: predicted near chance ({chance:.2f}) at every r: the ranking rests on "
+              "differences too small to train on; a larger budget, better workers, or your classifier's own "
+              "--learning-curve may change that")
     print(recommended_line(best))
 
 
@@ -424,7 +434,7 @@ def main(argv=None):
         print(f"plan.py: error: {err}", file=sys.stderr)
         return 2
     table, best = summary(rows, methods)
-    print_table(table, best)
+    print_table(table, best, classifier.chance)
     if args.out:
         from atomic import atomic_write
 

@@ -210,3 +210,15 @@ def test_a_model_that_memorised_every_label_gives_mbem_the_labels_back():
     targets = plan.targets("mbem", ann, pool, truth, np.random.default_rng(10), rho=0.9, repeating=1.0)
     assert np.array_equal(targets.argmax(axis=1), ann.labels[np.argsort(ann.items)])
     assert targets.max(axis=1).min() > 0.99
+
+
+def test_a_ranking_at_chance_is_flagged():
+    """With nearly no hammers and a small budget every r predicts chance for the label-only
+    methods: the command says their ranking rests on nothing it could train on."""
+    done = run_script("plan.py", "--gamma", "0.02", "--workers", "20", "--budget", "300", "--redundancy", "1,3",
+                      "--repeats", 2, "--algorithms", "mv,oracle")
+    assert done.returncode == 0, done.stderr
+    assert "warning: mv, oracle: predicted near chance (0.90) at every r" in done.stdout
+    healthy = run_script("plan.py", "--gamma", "0.8", "--workers", "20", "--budget", "3000", "--redundancy", "1,3",
+                         "--repeats", 2)
+    assert healthy.returncode == 0 and "near chance" not in healthy.stdout
