@@ -37,6 +37,9 @@ from pipeline import IMAGENET_DROPS
 # cell reuses a model already trained on them: MV and WMV at r = 1 (identical one-hot rows), and
 # label-only EM at r = 1 on many items, which converges to MV's rows within 1e-10 (50,000 items).
 SAME_TARGETS = 1e-6
+# The validation split and the one shuffle whose first n images are a cell's items: fixed, the same
+# for every seed and redundancy, so that cells differ only in their labels.
+SPLIT_SEED = 12345
 
 
 @dataclass
@@ -121,8 +124,8 @@ class Experiment:
         val_size = config.val_size if config.select_epoch == "val" and ds.val_images is None else 0
         if val_size >= N:
             raise RunError(f"--val-size {val_size} leaves none of the {N} training images to train on")
-        train_index, val_index = data.validation_split(N, val_size, seed=12345)
-        self.pool = np.random.default_rng(12345).permutation(train_index)
+        train_index, val_index = data.validation_split(N, val_size, seed=SPLIT_SEED)
+        self.pool = np.random.default_rng(SPLIT_SEED).permutation(train_index)
         where = " after the validation split" if val_size else ""
         self.validation = None
         if val_size:

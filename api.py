@@ -28,7 +28,7 @@ import pandas as pd
 
 import aggregation as agg
 import plan as planner
-from label_files import model_table, relabel
+from label_files import model_table, relabel, sort_classes
 
 
 @dataclass
@@ -54,7 +54,7 @@ def encode(answers, workers=None, labels=None):
     if any(c.isna().any() for c in columns):
         raise ValueError("a missing item, worker or label")
     (items, item_names), (who, worker_names) = (pd.factorize(c, sort=False) for c in columns[:2])
-    classes = sorted(pd.unique(columns[2]))
+    classes = sort_classes(list(pd.unique(columns[2])))  # numbers in numeric order, as label_files reads a CSV
     if len(classes) < 2:
         raise ValueError(f"every label is {classes[0]!r}: aggregation needs at least two classes")
     if pd.Series(items * len(worker_names) + who).duplicated().any():

@@ -20,10 +20,9 @@ import os
 
 import numpy as np
 
-from dataset import Dataset
+from dataset import IMAGE_SUFFIXES, Dataset
 
 DRAWS = 10  # random-resized-crop attempts, as in the reference recipe
-EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 class Decode:
@@ -117,7 +116,7 @@ def list_folder(folder):
     classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     files, labels = [], []
     for label, name in enumerate(classes):
-        names = sorted(f for f in os.listdir(os.path.join(folder, name)) if f.lower().endswith(EXTENSIONS))
+        names = sorted(f for f in os.listdir(os.path.join(folder, name)) if f.lower().endswith(IMAGE_SUFFIXES))
         files += [os.path.join(folder, name, f) for f in names]
         labels += [label] * len(names)
     return classes, files, np.array(labels, dtype=np.int64)

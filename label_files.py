@@ -52,7 +52,7 @@ def sort_classes(names):
     """Class names in numeric order when they are all numbers, else in string order."""
     try:
         return sorted(names, key=float)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: values float() cannot take (tuples, None)
         return sorted(names)
 
 

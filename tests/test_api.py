@@ -85,3 +85,14 @@ def test_the_readme_example_runs_verbatim():
     scope = {}
     exec(compile(blocks[0], "README.md", "exec"), scope)  # noqa: S102 (our own README)
     assert list(scope["result"].labels.index) == ["img1", "img2", "img3"]
+
+
+def test_classes_in_the_order_a_label_csv_gets():
+    """Numbers in numeric order ("9" before "10"), as aggregation.py orders a CSV's labels."""
+    import label_files
+
+    answers = pd.DataFrame({"item": ["a", "a", "b", "c"], "worker": ["w1", "w2", "w1", "w2"],
+                            "label": ["10", "9", "2", "10"]})
+    assert list(api.aggregate(answers, method="mv").posterior.columns) == ["2", "9", "10"]
+    assert label_files.sort_classes(["10", "9", "2"]) == ["2", "9", "10"]
+    assert label_files.sort_classes([("b", 1), ("a", 2)]) == [("a", 2), ("b", 1)]  # not numbers: sorted as they are
