@@ -46,6 +46,9 @@ def canonical(name):
     return ALIASES.get(name.strip().lower(), name.strip().lower())
 
 
+# Dawid-Skene's stopping rule, for every caller: at most MAX_ITER rounds, stop when the mean
+# per-item log-likelihood gains less than TOL.
+MAX_ITER, TOL = 100, 1e-7
 RELEASE_ZERO = 1e-10  # the release replaces zero confusion entries by this before renormalising
 
 
@@ -174,7 +177,7 @@ class EMResult:
     converged: bool = True  # False: stopped by max_iter while the likelihood still gained tol or more
 
 
-def dawid_skene(ann, max_iter=100, tol=1e-7, smoothing="release", init=None):
+def dawid_skene(ann, max_iter=MAX_ITER, tol=TOL, smoothing="release", init=None):
     """Label-only EM (Dawid & Skene 1979) from the weighted-majority-vote start.
 
     M-step: pi, q from the current posterior T. E-step: T = posterior(pi, q).
@@ -216,7 +219,7 @@ def with_annotator(ann, labels):
     return Annotations(items, workers, np.concatenate([ann.labels, labels]), ann.n, ann.m + 1, ann.K)
 
 
-def model_as_annotator(ann, model_probs, use_model=True, max_iter=100, tol=1e-7):
+def model_as_annotator(ann, model_probs, use_model=True, max_iter=MAX_ITER, tol=TOL):
     """Worker confusions with the model's own confusion separated out: Dawid-Skene on the labels
     plus one more annotator, the model, who labels every item with its predicted class.
 
@@ -354,7 +357,7 @@ def group_labels(ann, g):
     return Grouped(Annotations(ann.items, ann.workers, ann.labels % g, ann.n, ann.m, g), group, ann.K)
 
 
-def aggregate(ann, method, rng, max_iter=100, tol=1e-7):
+def aggregate(ann, method, rng, max_iter=MAX_ITER, tol=TOL):
     """An EMResult (posterior n x K, confusions m x K x K, ...) for the label-only methods mv, wmv,
     em: the confusions of MV and WMV are estimated from their own posterior, as MBEM's M-step
     would, in no iteration."""

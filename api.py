@@ -74,7 +74,7 @@ def result(posterior, confusions, item_names, worker_names, classes, iterations=
     return Result(table, table.idxmax(axis=1).rename("label"), long, iterations)
 
 
-def aggregate(answers, workers=None, labels=None, method="em", seed=0, max_iter=100, tol=1e-7):
+def aggregate(answers, workers=None, labels=None, method="em", seed=0, max_iter=agg.MAX_ITER, tol=agg.TOL):
     """Posteriors and confusions by a label-only method: mv (majority vote, ties broken at random
     with `seed`), wmv (label frequencies) or em (Dawid-Skene EM from the wmv start; `ds` is
     accepted). MV's and WMV's confusions are counted against their own posterior."""

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from aggregation import ALIASES, LABEL_ONLY, Annotations, aggregate, canonical, mbem_step
+from aggregation import ALIASES, LABEL_ONLY, MAX_ITER, TOL, Annotations, aggregate, canonical, mbem_step
 from atomic import atomic_write
 from cli import InputError, Parser, number, output_problem
 
@@ -206,8 +206,8 @@ def main(argv=None):
     parser.add_argument("--out", help="write item,label,p_<class>... here (default: stdout)")
     parser.add_argument("--confusions-out", help="write each worker's estimated confusion matrix here (long CSV)")
     parser.add_argument("--seed", type=number(int, 0), default=0, help="seed for majority-vote tie breaking")
-    parser.add_argument("--max-iter", type=number(int, 1), default=100, help="Dawid-Skene iteration cap")
-    parser.add_argument("--tol", type=number(float, 0), default=1e-7,
+    parser.add_argument("--max-iter", type=number(int, 1), default=MAX_ITER, help="Dawid-Skene iteration cap")
+    parser.add_argument("--tol", type=number(float, 0), default=TOL,
                         help="Dawid-Skene stop: mean log-likelihood gain")
     args = parser.parse_args(argv)
     if (args.method == "mbem") != bool(args.model_probs):
