@@ -423,11 +423,6 @@ def shown(value, digits):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def runs(r, algorithm):
-    """Whether a cell can run: CROWDLAB cannot at r = 1 (cleanlab refuses items with one label each)."""
-    return not (algorithm == "crowdlab" and r == 1)
-
-
 def order(algorithms):
     """The order cells run in: as given, but MBEM right after WMV, whose model it bootstraps from
     (so the comparison the paper is about lands first in a long run)."""
@@ -464,7 +459,7 @@ def main(argv=None):
     if problem := store.precision_problem(results, experiment.precision):
         raise RunError(problem)
     todo = [(s, r, n, a) for s in config.seeds for r, n in experiment.plan for a in order(config.algorithms)
-            if runs(r, a)]
+            if agg.runs_at(a, r)]
     left = [cell for cell in todo if cell not in done]
     if args.dry_run:
         return dry_run(config, experiment, left)
@@ -476,7 +471,7 @@ def main(argv=None):
                   flush=True)
         return 0
     if rank == 0:
-        if any(not runs(r, a) for r, _ in experiment.plan for a in config.algorithms):
+        if any(not agg.runs_at(a, r) for r, _ in experiment.plan for a in config.algorithms):
             print("crowdlab: no r = 1 cells (cleanlab refuses items that have one label each)", flush=True)
         print(f"{len(left)} of {len(todo)} cells to run; results in {config.out}, every epoch in "
               f"{experiment.epoch_log.path}{'' if args.verbose else ' (-v: on the screen too)'}", flush=True)
@@ -488,7 +483,7 @@ def main(argv=None):
         for r, n in experiment.plan:
             items, ann, true_accuracy = experiment.labels(seed, r, n, workers)
             for algorithm in order(config.algorithms):
-                if (seed, r, n, algorithm) in done or not runs(r, algorithm):
+                if (seed, r, n, algorithm) in done or not agg.runs_at(algorithm, r):
                     continue
                 start = time.perf_counter()
                 record = experiment.cell(seed, r, n, algorithm, workers, items, ann, true_accuracy)

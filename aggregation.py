@@ -38,7 +38,14 @@ METHODS = {  # name: what a report calls it
 SEED_OF = {"mv": 0, "wmv": 1, "em": 2, "mbem": 3, "oracle": 4, "clean": 5, "crowdlab": 6, "crowdlayer": 7, "conal": 8}
 LABEL_ONLY = ("mv", "wmv", "em")  # the methods that need nothing but the labels (`aggregate`)
 FIELD = ("crowdlab", "crowdlayer", "conal")  # later methods, each from an optional library: crowd_methods.py
-ALIASES = {"ds": "em"}  # Dawid-Skene, as crowd-kit names label-only EM
+ALIASES = {"ds": "em"}
+# The fewest labels per item a method can run with: cleanlab's CROWDLAB refuses items with one label.
+MIN_REDUNDANCY = {"crowdlab": 2}
+
+
+def runs_at(method, r):
+    """Whether `method` can run on items with r labels each (MIN_REDUNDANCY)."""
+    return r >= MIN_REDUNDANCY.get(method, 1)  # Dawid-Skene, as crowd-kit names label-only EM
 
 
 def canonical(name):

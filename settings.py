@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, make_dataclass
 from importlib.util import find_spec
 
 import noise_sim
-from aggregation import FIELD, METHODS, canonical
+from aggregation import FIELD, METHODS, canonical, runs_at
 from cli import INSTALL, Parser, RunError, csv_list, number, output_problem
 from pipeline import gpu_ids, stages
 
@@ -391,7 +391,7 @@ def check_field(p, config, cells):
         p.error(f"--algorithms {','.join(end_to_end)} train end to end on the torch trainer: add --backend torch")
     if config.group_size:
         p.error(f"--algorithms {','.join(chosen)}: not for grouped classes (--group-size)")
-    if "crowdlab" in chosen and cells and all(r == 1 for r, _ in cells):
+    if "crowdlab" in chosen and cells and not any(runs_at("crowdlab", r) for r, _ in cells):
         p.error("--algorithms crowdlab: cleanlab's CROWDLAB needs items with two labels or more, and r = 1 gives "
                 "each one label: add a redundancy of 2 or more (its r = 1 cells are left out)")
 
