@@ -378,7 +378,7 @@ def check(p, config, args):
 def check_field(p, config, cells):
     """The field's methods (crowd_methods.py): their optional libraries, the torch trainer for the
     end-to-end two, no grouped classes, and CROWDLAB only where items have several labels (a sweep
-    leaves its r = 1 cells out: MBEM.runs)."""
+    leaves its r = 1 cells out: aggregation.runs_at)."""
     chosen = [a for a in config.algorithms if a in FIELD]
     if not chosen:
         return
