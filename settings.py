@@ -382,11 +382,11 @@ def check_field(p, config, cells):
     chosen = [a for a in config.algorithms if a in FIELD]
     if not chosen:
         return
-    from crowd_methods import missing  # torch with it: only for these methods
+    from crowd_methods import END_TO_END, missing  # torch with it: only for these methods
 
     if problem := missing(chosen):
         p.error(problem)
-    end_to_end = [a for a in chosen if a != "crowdlab"]
+    end_to_end = [a for a in chosen if a in END_TO_END]
     if end_to_end and config.backend != "torch":
         p.error(f"--algorithms {','.join(end_to_end)} train end to end on the torch trainer: add --backend torch")
     if config.group_size:
