@@ -160,7 +160,7 @@ PRESETS = {
     ),
     # The release's network and budget on a CPU with the torch backend: docs/reproducing.md.
     "cpu": CPU,
-    # The first CPU reproduction (MXNet, ResNet-8, a 10,000-label budget), kept on record.
+    # The first CPU reproduction (MXNet, ResNet-8, a 10,000-label budget): results/cpu-mxnet's settings.
     "cpu-mxnet": dict(
         budget=10000,
         redundancy=[1, 3, 5],
