@@ -314,7 +314,8 @@ class Experiment:
                                 "top_class_share": float(np.bincount(hard).max() / len(hard))}
                                for hard in (classes(p.argmax(axis=1)) for p in posteriors)]
         elif algorithm in agg.FIELD:
-            trained, targets, confusions, estimated = self.field_method(algorithm, ann, fit)
+            trained, targets, confusions, estimated = self.field_method(algorithm, ann, fit, items, seed,
+                                                                        f"seed {seed} r {r}")
         else:
             if algorithm in agg.LABEL_ONLY:
                 result = agg.aggregate(ann, algorithm, rng)
@@ -348,13 +349,28 @@ class Experiment:
             self.write_cell(f"{algorithm}-seed{seed}-r{r}", items, targets, confusions, trained, grouped)
         return record
 
-    def field_method(self, algorithm, ann, fit):
+    def out_of_fold(self, targets, items, seed, tag):
+        """Each item's probabilities from a network trained, on these targets, without it
+        (crowd_methods.CROWDLAB_FOLDS folds: together one training's images)."""
+        import crowd_methods
+
+        folds = []
+
+        def train_and_predict(kept, held):
+            folds.append(len(folds) + 1)  # its own checkpoint name
+            trained = self.fit(targets[kept], items[kept], seed, f"{tag} wmv fold {folds[-1]}")
+            return self.trainer.predict_proba(trained.model, self.ds.train_images[items[held]])
+
+        rng = np.random.default_rng([seed, len(items), agg.SEED_OF["crowdlab"]])
+        return crowd_methods.out_of_fold(len(items), crowd_methods.CROWDLAB_FOLDS, rng, train_and_predict)
+
+    def field_method(self, algorithm, ann, fit, items, seed, tag):
         """A cell of the field's methods (crowd_methods.py; torch and the optional libraries are
         imported here only): (Trained, targets, confusions, estimated worker accuracy)."""
         import crowd_methods
 
-        if algorithm == "crowdlab":  # from the model MBEM starts from (WMV's; trained once per labels)
-            bootstrap = fit(agg.weighted_majority_vote(ann), "wmv").train_probs
+        if algorithm == "crowdlab":  # WMV's model, as MBEM starts from, but out of sample: one per fold
+            bootstrap = self.out_of_fold(agg.weighted_majority_vote(ann), items, seed, tag)
             try:
                 targets, estimated = crowd_methods.crowdlab(ann, bootstrap)
             except ValueError as err:

@@ -55,9 +55,27 @@ def wide(ann):
     return table, active
 
 
+CROWDLAB_FOLDS = 2  # cleanlab asks for out-of-sample probabilities; two folds cost one training's images
+
+
+def out_of_fold(n, folds, rng, train_and_predict):
+    """(n x K) probabilities, each item's from a model that never trained on it: the items fall in
+    `folds` random folds, and train_and_predict(kept, held) trains on the items `kept` and returns
+    its probabilities on the items `held` (cleanlab's cross-validated predicted probabilities)."""
+    order = rng.permutation(n)
+    probs = None
+    for held in np.array_split(order, folds):
+        kept = np.sort(np.setdiff1d(order, held))
+        predicted = train_and_predict(kept, np.sort(held))
+        probs = np.zeros((n, predicted.shape[1])) if probs is None else probs
+        probs[np.sort(held)] = predicted
+    return probs
+
+
 def crowdlab(ann, pred_probs):
     """CROWDLAB's consensus (one-hot, n x K) and each worker's quality score (NaN for a worker with
-    no label), from the labels and a model's probabilities on the same items. ValueError with
+    no label), from the labels and a model's out-of-sample probabilities on the same items
+    (`out_of_fold`). ValueError with
     cleanlab's reason where it refuses (every item labelled once)."""
     if (np.bincount(ann.items, minlength=ann.n) < 2).all():
         raise ValueError("CROWDLAB needs items with two labels or more, and every item here has one "

@@ -197,3 +197,19 @@ def test_a_missing_library_is_named(monkeypatch):
     assert crowd_methods.missing(["mv", "conal"]) == ("--algorithms conal needs crowd-kit 1.4, an optional "
                                                      "requirement: pip install -r requirements-extra.txt")
     assert "cleanlab 2.9" in crowd_methods.missing(["crowdlab"]) and crowd_methods.missing(["mbem"]) is None
+
+
+def test_crowdlabs_probabilities_come_from_models_that_never_saw_the_item():
+    """cleanlab asks CROWDLAB for out-of-sample probabilities: every item is predicted once, by a
+    model trained on the other folds only, and the folds together train on each item once less."""
+    calls = []
+
+    def train_and_predict(kept, held):
+        calls.append((kept, held))
+        assert not set(kept) & set(held) and len(kept) + len(held) == 11
+        return np.tile(held[:, None] / 10.0, (1, 3))  # a recognisable row per held item
+
+    probs = crowd_methods.out_of_fold(11, crowd_methods.CROWDLAB_FOLDS, np.random.default_rng(0), train_and_predict)
+    held = np.concatenate([h for _, h in calls])
+    assert len(calls) == 2 and sorted(held) == list(range(11))
+    assert np.allclose(probs[:, 0], np.arange(11) / 10.0)  # each item's row from the fold that held it out
