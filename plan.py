@@ -184,8 +184,8 @@ def targets(method, ann, pool, truth, rng, rho=None, repeating=0.0):
     """Training targets (n x K) of one method on a collection, as MBEM.py makes them (point 2)."""
     if method in agg.LABEL_ONLY:
         return agg.aggregate(ann, method, rng).posterior
-    if method == "oracle":
-        return agg.posterior(ann, pool.confusions, pool.prior)
+    if method == "oracle":  # zeros lifted to 1e-10 as the release smooths, as MBEM.py's oracle has it
+        return agg.posterior(ann, agg.normalise_confusions(pool.confusions), pool.prior)
     if method == "mbem":
         repeated = rng.random(ann.n) < repeating
         predicted = np.where(repeated, agg.majority_vote(ann, rng), model_predictions(truth, rho, ann.K, rng))
