@@ -7,7 +7,7 @@ to these folders, so a change that drew other workers or labels would mix two ex
 import glob
 import json
 import os
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -15,7 +15,7 @@ import pytest
 import aggregation as agg
 import noise_sim
 import settings
-from conftest import ROOT, shared_path
+from conftest import HAVE_MXNET, ROOT, shared_path
 from MBEM import Experiment, load_images
 
 FOLDERS = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*", "results.json"))
@@ -72,6 +72,8 @@ def test_labels_and_label_only_targets_are_drawn_again_exactly(folder, cifar):
     config, cells = saved(folder)
     if config.annotations and not os.path.exists(os.path.join(ROOT, config.annotations)):
         pytest.skip(f"{config.annotations} is made by reproduce.py's prepare step (cifar10n.py)")
+    if config.backend == "mxnet" and not HAVE_MXNET:  # the labels need no trainer: any installed one will do
+        config = replace(config, backend="torch")
     old = os.getcwd()
     os.chdir(ROOT)
     try:
