@@ -44,8 +44,9 @@ MIN_REDUNDANCY = {"crowdlab": 2}
 
 
 def runs_at(method, r):
-    """Whether `method` can run on items with r labels each (MIN_REDUNDANCY)."""
-    return r >= MIN_REDUNDANCY.get(method, 1)  # Dawid-Skene, as crowd-kit names label-only EM
+    """Whether `method` can run on items with r labels each (MIN_REDUNDANCY); r = 0, real labels
+    taken as they are (no fixed redundancy), is left to the method to judge."""
+    return r == 0 or r >= MIN_REDUNDANCY.get(method, 1)  # Dawid-Skene, as crowd-kit names label-only EM
 
 
 def canonical(name):

@@ -280,3 +280,8 @@ def test_every_method_has_its_own_fixed_seed():
     one (tests/test_committed_results.py checks the values against the committed folders)."""
     assert set(agg.SEED_OF) == set(agg.METHODS)
     assert len(set(agg.SEED_OF.values())) == len(agg.SEED_OF)
+
+
+def test_which_redundancies_a_method_runs_at():
+    assert agg.runs_at("mv", 1) and agg.runs_at("crowdlab", 2) and not agg.runs_at("crowdlab", 1)
+    assert agg.runs_at("mv", 0) and agg.runs_at("crowdlab", 0)  # r = 0: real labels as they are
