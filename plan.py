@@ -47,8 +47,7 @@ The model and its assumptions:
    solves A = mu + (1 - mu) g, where g = (1 - e) a + e (1 - a) / (K - 1) is how often a model
    that only predicts repeats a label. The cpu preset's ResNet-20 on CIFAR-10 averages: its MV at
    r = 1 (labels right 0.291, test error 0.487, the means of results/cpu's three seeds) is
-   predicted at 0.511 by the averaging learner alone, and its bootstrap models repeat a spammer's
-   wrong label on 0.06 of the items against 0.056 by chance (mu about 0.006).
+   predicted at 0.511 by the averaging learner alone (bench/plan_check.py).
 
 Uncertainty: `--repeats` times the pilot's items are resampled with replacement and the pool fitted
 again (a simulated pool is drawn again from the next seed); each repeat draws its own collection. The
