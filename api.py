@@ -124,10 +124,7 @@ def plan(answers=None, workers=None, labels=None, *, budget, redundancy=(1, 2, 3
         crowd = dict(workers=100, gamma=0.2, worker_model="hammer-spammer", classes=10) | dict(simulated)
         pools = planner.simulated_pools(repeats, crowd["workers"], crowd["classes"], crowd["gamma"],
                                         crowd["worker_model"], seed)
-    classifier = planner.Classifier.fit(learning_curve, pools[0].K)
-    if noisy_run is not None:
-        n, accuracy, error, *agreement = noisy_run
-        classifier = classifier.with_noisy_run(n, accuracy, error, pools[0].K, *agreement)
+    classifier = planner.Classifier.of(learning_curve, pools[0].K, noisy_run)
     rows = planner.plan(pools, budget, sorted(set(redundancy)), methods, classifier, seed)
     table, best = planner.summary(rows, methods)
     return planner.frame(table), {method: r for method, (r, _) in best.items()}

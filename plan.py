@@ -121,6 +121,16 @@ class Classifier:
             beta = -np.polyfit(n, err, 1)[0]
         return cls(float(np.exp(np.mean(err + beta * n))), float(beta), 1.0 - 1.0 / K)
 
+    @classmethod
+    def of(cls, points, K, noisy_run=None):
+        """The classifier a plan is told of: its clean learning curve, and one noisy run
+        (items, accuracy, error[, agreement]) if given."""
+        classifier = cls.fit(points, K)
+        if noisy_run is None:
+            return classifier
+        n, accuracy, error, *agreement = noisy_run
+        return classifier.with_noisy_run(n, accuracy, error, K, *agreement)
+
     def error(self, n, cap=True):
         n = np.maximum(np.asarray(n, dtype=np.float64), 1e-12)
         error = self.c * n ** -self.beta
@@ -307,11 +317,9 @@ def print_table(table, best, chance):
 
 
 def plot(table, best, path, title):
-    import matplotlib
+    from report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for offset, (method, by_r) in enumerate(table.items()):
         rs = np.array(list(by_r)) + 0.06 * (offset - (len(table) - 1) / 2)  # equal points at r = 1 stay visible
@@ -422,10 +430,7 @@ def main(argv=None):
             title = f"{args.workers} {args.worker_model} workers, gamma {args.gamma}, K = {args.classes}"
         title += f"; budget {args.budget}"
         print(title)
-        classifier = Classifier.fit(args.learning_curve, pools[0].K)
-        if args.noisy_run:
-            n, accuracy, error, *agreement = args.noisy_run
-            classifier = classifier.with_noisy_run(n, accuracy, error, pools[0].K, *agreement)
+        classifier = Classifier.of(args.learning_curve, pools[0].K, args.noisy_run)
         print(f"classifier: clean test error {classifier.c:.3g} n^-{classifier.beta:.3f}, "
               f"copying lambda {classifier.copying:.3g}, repeating mu {classifier.repeating:.3g}")
         rows = plan(pools, args.budget, sorted(set(args.redundancy)), methods, classifier, args.seed)

@@ -8,8 +8,9 @@ settings must pass before any work starts.
 """
 
 import argparse
+import json
 import os
-from dataclasses import asdict, dataclass, field, make_dataclass
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from importlib.util import find_spec
 
 import noise_sim
@@ -239,6 +240,14 @@ def trainer(backend):
         return resnet_torch
     except ImportError as err:
         raise RunError(f"{INSTALL['mxnet' if backend == 'mxnet' else 'torch']} ({err})") from err
+
+
+def saved_config(folder):
+    """The Config a results folder's results.json was made with (settings it does not know are left out)."""
+    with open(os.path.join(folder, "results.json")) as f:
+        saved = json.load(f)["config"]
+    names = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in saved.items() if k in names})
 
 
 def preset(name, **changes):

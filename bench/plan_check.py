@@ -22,16 +22,14 @@ from scipy.stats import spearmanr
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 import plan  # noqa: E402
+import report  # noqa: E402
 from label_files import read_answers  # noqa: E402
 
 
 def measured(cells):
-    """{method: {r: mean test error over the seeds}} of the planner's methods."""
-    found = {}
-    for cell in cells:
-        if cell["algorithm"] in plan.METHODS:
-            found.setdefault(cell["algorithm"], {}).setdefault(cell["redundancy"], []).append(cell["test_error"])
-    return {m: {r: float(np.mean(v)) for r, v in sorted(by_r.items())} for m, by_r in found.items()}
+    """{method: {r: mean test error over the seeds}} of the planner's methods (report.summarise)."""
+    return {m: {r: float(np.mean(v)) for r, v in sorted(by_r.items())}
+            for m, by_r in report.summarise(cells).items() if m in plan.METHODS}
 
 
 def pools_of(config, seeds, repeats, seed):

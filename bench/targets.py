@@ -33,10 +33,8 @@ Estimators (aggregation.py has each, with its model and assumptions):
 """
 
 import argparse
-import json
 import os
 import sys
-from dataclasses import fields
 
 import numpy as np
 
@@ -87,20 +85,13 @@ def scores(targets, confusions, truth, workers, ann):
             "worth": plan.worth(targets, truth)[1]}
 
 
-def folder_config(folder):
-    with open(os.path.join(folder, "results.json")) as f:
-        saved = json.load(f)["config"]
-    names = {f.name for f in fields(settings.Config)}
-    return settings.Config(**{k: v for k, v in saved.items() if k in names})
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="a results folder of simulated workers with bootstrap/ files")
     p.add_argument("--redundancy", help="comma-separated r to score (default: every r with bootstrap files)")
     args = p.parse_args(argv)
     os.chdir(ROOT)  # a folder's config names its data relative to the checkout
-    config = folder_config(args.folder)
+    config = settings.saved_config(args.folder)
     if config.annotations:
         p.error(f"{args.folder}: real labels have no simulated truth to score targets against")
     ds = load_images(config)

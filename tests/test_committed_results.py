@@ -7,7 +7,7 @@ to these folders, so a change that drew other workers or labels would mix two ex
 import glob
 import json
 import os
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -24,9 +24,8 @@ FOLDERS = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "resul
 
 def saved(folder):
     with open(os.path.join(folder, "results.json")) as f:
-        record = json.load(f)
-    names = {f.name for f in fields(settings.Config)}
-    return settings.Config(**{k: v for k, v in record["config"].items() if k in names}), record["cells"]
+        cells = json.load(f)["cells"]
+    return settings.saved_config(folder), cells
 
 
 def workers_of(config, seed):
