@@ -22,16 +22,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-import aggregation as agg
-import annotations as crowd
-import dataset as data
 import noise_sim
-import pipeline
-import report
-import settings
-import store
-from cli import InputError, RunError, format_seconds
-from pipeline import IMAGENET_DROPS
+from mbemlib import aggregation as agg
+from mbemlib import annotations as crowd
+from mbemlib import dataset as data
+from mbemlib import pipeline, report, settings, store
+from mbemlib.cli import INSTALL, InputError, RunError, format_seconds
+from mbemlib.pipeline import IMAGENET_DROPS
 
 # Targets this close give the same model up to float32 rounding (the trainers see float32 rows), so a
 # cell reuses a model already trained on them: MV and WMV at r = 1 (identical one-hot rows), and
@@ -84,6 +81,48 @@ def mbem(ann, bootstrap, train, rounds=1, class_prior=False, step="release"):
     return posterior, confusions, result, posteriors
 
 
+def trainer(backend):
+    """The backend switch: resnet (MXNet) or resnet_torch (PyTorch), imported when first needed (each
+    framework is optional). Both import mbemlib.pipeline, which imports neither."""
+    try:
+        if backend == "mxnet":
+            import resnet
+
+            return resnet
+        import resnet_torch
+
+        return resnet_torch
+    except ImportError as err:
+        raise RunError(f"{INSTALL['mxnet' if backend == 'mxnet' else 'torch']} ({err})") from err
+
+
+def gpu_count(backend):
+    """How many GPUs the backend can use on this machine (0 for a CPU build)."""
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.device_count()
+    return trainer("mxnet").mx.context.num_gpus()  # through resnet: it sets MXNet's thread count first
+
+
+def check_devices(parser, config):
+    """--gpus this machine has, one process per GPU for torch, and bf16 where it runs: one line each
+    (after settings.check, which has made sure the backend is installed)."""
+    if config.gpus:
+        ids, available = ",".join(map(str, config.gpus)), gpu_count(config.backend)
+        if max(config.gpus) >= available:
+            parser.error(f"--gpus {ids}: {config.backend} sees {available or 'no'} GPU{'s' * (available != 1)} "
+                         "here (leave --gpus out to train on the CPU)")
+        if config.backend == "torch" and len(config.gpus) > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            parser.error(f"--gpus {ids}: the torch backend runs one process per GPU, started by torchrun: torchrun "
+                         f"--nproc_per_node {len(config.gpus)} MBEM.py ... --gpus {ids}")
+    if config.backend == "torch" and config.precision == "bf16":  # refused before the data is loaded
+        try:
+            trainer("torch").resolve_precision("bf16", config.gpus)
+        except ValueError as err:
+            parser.error(str(err))
+
+
 def load_images(config):
     """The images of --dataset (digits, imagenet, folder, cifar10), or a RunError in one line: the
     dispatch lives here, with its caller, so that imagenet.py (which builds on dataset.Dataset)
@@ -92,7 +131,7 @@ def load_images(config):
         if config.dataset == "digits":
             return data.load_digits()
         if config.dataset == "imagenet":
-            import imagenet
+            from mbemlib import imagenet
 
             return imagenet.load(config.source, config.val_size, config.image_size, config.loader_workers)
         if config.dataset == "folder":
@@ -159,7 +198,7 @@ class Experiment:
         self.check_truth(val_index)
         self.trained = {}  # (seed, items digest) -> [(targets, Trained)]: see fit
         self.bootstrap = {}  # (seed, r, n) -> the WMV model's predicted class of each item, for MBEM
-        self.trainer = settings.trainer(config.backend)
+        self.trainer = trainer(config.backend)
         self.trainer_code = store.trainer_digest()  # a checkpoint of other trainer code is not resumed
         self.precision = "fp32"
         if config.backend == "torch":
@@ -352,7 +391,7 @@ class Experiment:
     def out_of_fold(self, targets, items, seed, tag):
         """Each item's probabilities from a network trained, on these targets, without it
         (crowd_methods.CROWDLAB_FOLDS folds: together one training's images)."""
-        import crowd_methods
+        from mbemlib import crowd_methods
 
         folds = []
 
@@ -367,7 +406,7 @@ class Experiment:
     def field_method(self, algorithm, ann, fit, items, seed, tag):
         """A cell of the field's methods (crowd_methods.py; torch and the optional libraries are
         imported here only): (Trained, targets, confusions, estimated worker accuracy)."""
-        import crowd_methods
+        from mbemlib import crowd_methods
 
         if algorithm == "crowdlab":  # WMV's model, as MBEM starts from, but out of sample: one per fold
             bootstrap = self.out_of_fold(agg.weighted_majority_vote(ann), items, seed, tag)
@@ -459,6 +498,7 @@ def main(argv=None):
         report.report(store.load_results(config, check_config=False), config.out)
         return 0
     settings.check(parser, config, args)
+    check_devices(parser, config)
     rank = join_processes(config)
     if rank == 0:
         store.check_writable(config.out)
@@ -526,7 +566,7 @@ def join_processes(config):
         return 0
     if config.backend != "torch":
         raise RunError("torchrun starts data-parallel runs of the torch backend only: add --backend torch")
-    return settings.trainer("torch").join_processes(config.gpus)
+    return trainer("torch").join_processes(config.gpus)
 
 
 def command(argv=None):

@@ -26,9 +26,9 @@ import zipfile
 import numpy as np
 import pandas as pd
 
-from atomic import atomic_write
-from cli import InputError, Parser, output_problem
-from dataset import CIFAR10_CLASSES
+from mbemlib.atomic import atomic_write
+from mbemlib.cli import InputError, Parser, output_problem
+from mbemlib.dataset import CIFAR10_CLASSES
 
 N = 50000
 LABEL_COLUMNS = ("random_label1", "random_label2", "random_label3")

@@ -28,8 +28,8 @@ import os
 
 import numpy as np
 
-import report
-from cli import InputError, Parser, output_problem
+from mbemlib import report
+from mbemlib.cli import InputError, Parser, output_problem
 
 PANELS = [("hammer-spammer", 0.2), ("class-wise", 0.2), ("hammer-spammer", 0.6), ("class-wise", 0.6)]
 RELEASE_FILE = {("hammer-spammer", 0.2): "2_hs", ("class-wise", 0.2): "2_chs",

@@ -24,8 +24,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from cli import Parser
-from settings import gpu_list
+from mbemlib.cli import Parser
+from mbemlib.settings import gpu_list
 
 # Paths as the folders' configs hold them, relative to the checkout (the commands run there): a
 # resumed folder must be given its data by the same name.
@@ -105,7 +105,7 @@ def folder_cells(folder):
 
 def compare():
     """Each question's paired difference: mean, 95% t-interval, the seeds' differences."""
-    from report import difference
+    from mbemlib.report import difference
 
     cells = {folder: folder_cells(folder) for _, *sides in QUESTIONS for folder, _, _ in sides}  # each read once
 

@@ -42,8 +42,8 @@ import numpy as np  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 
-from atomic import atomic_write, replacing  # noqa: E402
-from pipeline import (  # noqa: E402
+from mbemlib.atomic import atomic_write, replacing  # noqa: E402
+from mbemlib.pipeline import (  # noqa: E402
     BN_EPS,
     BN_MOMENTUM,
     DROPS,

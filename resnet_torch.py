@@ -42,9 +42,9 @@ import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812 (the universal spelling)
 from torch import nn
 
-from atomic import replacing
-from crowd_methods import crowd_loss
-from pipeline import (
+from mbemlib.atomic import replacing
+from mbemlib.crowd_methods import crowd_loss
+from mbemlib.pipeline import (
     BN_EPS,
     BN_MOMENTUM,
     DROPS,

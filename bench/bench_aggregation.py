@@ -22,8 +22,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import aggregation  # noqa: E402
-import noise_sim  # noqa: E402
+import noise_sim
+from mbemlib import aggregation
 
 CROWDKIT = """
 import sys

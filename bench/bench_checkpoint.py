@@ -16,10 +16,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import torch  # noqa: E402
+import torch
 
-import resnet_torch  # noqa: E402
-from pipeline import Checkpoint  # noqa: E402
+import resnet_torch
+from mbemlib.pipeline import Checkpoint
 
 
 def state_of(depth, classes, imagenet):

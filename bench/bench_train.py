@@ -67,8 +67,8 @@ def plain(args):
     import numpy as np
     from mxnet import autograd, gluon
 
-    import pipeline
     import resnet
+    from mbemlib import pipeline
 
     rng = np.random.default_rng(0)
     images, targets = synthetic(args.images, rng)
@@ -102,7 +102,7 @@ def print_pipeline_speed(batch=128, images=20000):
     Timed: augmentation alone, and the whole iterator (shuffle, augment, float32, queue) drained."""
     import numpy as np
 
-    import pipeline
+    from mbemlib import pipeline
 
     rng = np.random.default_rng(0)
     data, targets = synthetic(images, rng)

@@ -21,15 +21,15 @@ from scipy.stats import spearmanr
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
-import plan  # noqa: E402
-import report  # noqa: E402
-from label_files import read_answers  # noqa: E402
+import plan
+from mbemlib import planning, report
+from mbemlib.label_files import read_answers
 
 
 def measured(cells):
     """{method: {r: mean test error over the seeds}} of the planner's methods (report.summarise)."""
     return {m: {r: float(np.mean(v)) for r, v in sorted(by_r.items())}
-            for m, by_r in report.summarise(cells).items() if m in plan.METHODS}
+            for m, by_r in report.summarise(cells).items() if m in planning.METHODS}
 
 
 def pools_of(config, seeds, repeats, seed):
@@ -38,8 +38,8 @@ def pools_of(config, seeds, repeats, seed):
         if not os.path.exists(path):
             raise SystemExit(f"{path} is missing: `python reproduce.py --list` names the step that makes it")
         ann, *_ = read_answers(path)
-        return plan.pilot_pools(ann, repeats, seed), f"its {ann.n} items' real labels as the pilot"
-    pools = [plan.simulated_pool(config["workers"], 10, config["gamma"], config["worker_model"],
+        return planning.pilot_pools(ann, repeats, seed), f"its {ann.n} items' real labels as the pilot"
+    pools = [planning.simulated_pool(config["workers"], 10, config["gamma"], config["worker_model"],
                                  np.random.default_rng(s)) for s in seeds]
     return pools, f"the workers of its seed{'s' * (len(seeds) > 1)} {','.join(map(str, seeds))}"
 
@@ -50,9 +50,9 @@ def check(folder, curve_points, repeats, seed):
     config, errors = saved["config"], measured(saved["cells"])
     pools, source = pools_of(config, sorted({c['seed'] for c in saved['cells']}), repeats, seed)
     redundancies = sorted({r for by_r in errors.values() for r in by_r})
-    curve = plan.Classifier.fit(curve_points, pools[0].K)
-    rows = plan.plan(pools, config["budget"], redundancies, list(errors), curve, seed)
-    table, best = plan.summary(rows, list(errors))
+    curve = planning.Classifier.fit(curve_points, pools[0].K)
+    rows = planning.plan(pools, config["budget"], redundancies, list(errors), curve, seed)
+    table, best = planning.summary(rows, list(errors))
     lines = []
     for method, by_r in errors.items():
         rs = list(by_r)
@@ -69,7 +69,7 @@ def check(folder, curve_points, repeats, seed):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+")
-    p.add_argument("--learning-curve", type=plan.curve_points, default=list(plan.DEFAULT_CURVE))
+    p.add_argument("--learning-curve", type=plan.curve_points, default=list(planning.DEFAULT_CURVE))
     p.add_argument("--repeats", type=int, default=5, help="pilot bootstraps for a folder of real labels")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

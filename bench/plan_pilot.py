@@ -21,9 +21,9 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
-import aggregation as agg  # noqa: E402
-import plan  # noqa: E402
-from label_files import read_answers  # noqa: E402
+from mbemlib import aggregation as agg
+from mbemlib import planning
+from mbemlib.label_files import read_answers
 
 SETS = {  # name: (answers CSV relative to the checkout, the budget to plan)
     "dog": ("../shared/data/crowd/dog/answers.csv", 4000),
@@ -46,8 +46,9 @@ def pilot(ann, items, r, rng):
 
 def recommend(ann, budget, redundancies, repeats, seed):
     """{method: (recommended r, share of bootstrap copies ranking it first)}."""
-    rows = plan.plan(plan.pilot_pools(ann, repeats, seed), budget, redundancies, plan.DEFAULT_METHODS, seed=seed)
-    return plan.summary(rows, plan.DEFAULT_METHODS)[1]
+    pools = planning.pilot_pools(ann, repeats, seed)
+    rows = planning.plan(pools, budget, redundancies, planning.DEFAULT_METHODS, seed=seed)
+    return planning.summary(rows, planning.DEFAULT_METHODS)[1]
 
 
 def main(argv=None):
@@ -81,7 +82,7 @@ def main(argv=None):
                 continue
             found = [recommend(pilot(ann, rng.choice(ann.n, size, replace=False), args.pilot_redundancy, rng),
                                budget, redundancies, args.repeats, draw) for draw in range(args.draws)]
-            for method in plan.DEFAULT_METHODS:
+            for method in planning.DEFAULT_METHODS:
                 picks = Counter(f[method][0] for f in found)
                 top, count = picks.most_common(1)[0]
                 stability = np.mean([f[method][1] for f in found])

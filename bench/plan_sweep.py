@@ -26,9 +26,9 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
-import aggregation as agg  # noqa: E402
-import noise_sim  # noqa: E402
-import plan  # noqa: E402
+import noise_sim
+from mbemlib import aggregation as agg
+from mbemlib import planning
 
 METHODS = ("mv", "wmv", "em", "mbem")
 HIDDEN, EPOCHS, BATCH, LR, MOMENTUM = 64, 40, 32, 0.05, 0.9
@@ -97,7 +97,7 @@ def noisy_run(data, accuracy, seeds):
     errors, agreements = [], []
     for s in range(seeds):
         rng = np.random.default_rng([s, 99])
-        labels = plan.model_predictions(y, accuracy, 10, rng)  # right on a share, else another class uniformly
+        labels = planning.model_predictions(y, accuracy, 10, rng)  # right on a share, else another class uniformly
         predict = train(x, agg.one_hot(labels, 10), rng)
         errors.append(float((predict(x_test).argmax(axis=1) != y_test).mean()))
         agreements.append(float((predict(x).argmax(axis=1) == labels).mean()))
@@ -140,7 +140,7 @@ def main(argv=None):
     redundancies = [int(r) for r in args.redundancy.split(",")]
     data, started = digits(), time.time()
     curve_points = learning_curve(data, (100, 300, 1000, 1297), args.seeds)
-    classifier = plan.Classifier.fit(curve_points, 10)
+    classifier = planning.Classifier.fit(curve_points, 10)
     noisy = noisy_run(data, args.noisy_accuracy, args.seeds) if args.noisy_accuracy < 1 else None
     if noisy:
         classifier = classifier.with_noisy_run(*noisy[:3], 10, *noisy[3:] if args.repeating else ())
@@ -152,11 +152,11 @@ def main(argv=None):
     for model in args.worker_models.split(","):
         for gamma in gammas:
             for budget in budgets:
-                pools = [plan.simulated_pool(args.workers, 10, gamma, model, np.random.default_rng(s))
+                pools = [planning.simulated_pool(args.workers, 10, gamma, model, np.random.default_rng(s))
                          for s in range(args.seeds)]
                 errors = {(s, r): measure(data, pools[s], budget, r, s)
                           for s in range(args.seeds) for r in redundancies}
-                table, best = plan.summary(plan.plan(pools, budget, redundancies, METHODS, classifier), METHODS)
+                table, best = planning.summary(planning.plan(pools, budget, redundancies, METHODS, classifier), METHODS)
                 for method in METHODS:
                     mean = {r: np.mean([errors[s, r][method] for s in range(args.seeds)]) for r in redundancies}
                     measured_best = min(mean, key=mean.get)

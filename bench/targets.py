@@ -40,12 +40,10 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
-import aggregation as agg  # noqa: E402
-import noise_sim  # noqa: E402
-import plan  # noqa: E402
-import settings  # noqa: E402
-import store  # noqa: E402
-from MBEM import Experiment, load_images  # noqa: E402
+import noise_sim
+from MBEM import Experiment, load_images
+from mbemlib import aggregation as agg
+from mbemlib import planning, settings, store
 
 
 def candidates(ann, probs, workers, truth):
@@ -67,7 +65,7 @@ def candidates(ann, probs, workers, truth):
     targets, confusions, _ = agg.one_coin_step(ann, probs, model_accuracy=float((predicted == truth).mean()))
     found["one-coin rho"] = (targets, confusions)
     # plan.py's stand-in for the bootstrap model: as often right, its errors uniform
-    stand_in = plan.model_predictions(truth, float((predicted == truth).mean()), ann.K, np.random.default_rng(0))
+    stand_in = planning.model_predictions(truth, float((predicted == truth).mean()), ann.K, np.random.default_rng(0))
     targets, confusions, _ = agg.mbem_step(ann, agg.one_hot(stand_in, ann.K))
     found["plan's mbem"] = (targets, confusions)
     return found
@@ -82,7 +80,7 @@ def scores(targets, confusions, truth, workers, ann):
     return {"acc": float((targets.argmax(axis=1) == truth).mean()), "p_true": float(p_true.mean()),
             "log p_true": float(np.log(np.maximum(p_true, 1e-12)).mean()), "sure right": float((p_true >= 0.9).mean()),
             "sure wrong": float((wrong.max(axis=1) >= 0.5).mean()), "worker MAE": float(mae),
-            "worth": plan.worth(targets, truth)[1]}
+            "worth": planning.worth(targets, truth)[1]}
 
 
 def main(argv=None):

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import aggregation as agg
-import label_files
 import noise_sim
 from conftest import shared_path
+from mbemlib import aggregation as agg
+from mbemlib import label_files
 
 
 def random_annotations(rng, n=30, m=6, K=3, r=3):

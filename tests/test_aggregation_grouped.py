@@ -4,9 +4,9 @@ dense code on the same labels: K = 12 classes in 4 groups of 3, where both fit."
 import numpy as np
 import pytest
 
-import aggregation as agg
 import noise_sim
-from cli import InputError
+from mbemlib import aggregation as agg
+from mbemlib.cli import InputError
 
 K, G, M = 12, 3, 15
 

@@ -4,9 +4,9 @@ feeds forward; and the release's smoothing constant, pinned from both sides."""
 import numpy as np
 import pytest
 
-import aggregation as agg
 import MBEM
 import noise_sim
+from mbemlib import aggregation as agg
 
 
 @pytest.fixture

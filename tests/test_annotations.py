@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-import aggregation as agg
-import annotations
-from cli import InputError
 from conftest import ROOT, run_script
+from mbemlib import aggregation as agg
+from mbemlib import annotations
+from mbemlib.cli import InputError
 from test_readers_fuzz import tree
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import aggregation as agg
-import api
 import noise_sim
 from conftest import ROOT
+from mbemlib import aggregation as agg
+from mbemlib import api
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_the_readme_example_runs_verbatim():
 
 def test_classes_in_the_order_a_label_csv_gets():
     """Numbers in numeric order ("9" before "10"), as aggregation.py orders a CSV's labels."""
-    import label_files
+    from mbemlib import label_files
 
     answers = pd.DataFrame({"item": ["a", "a", "b", "c"], "worker": ["w1", "w2", "w1", "w2"],
                             "label": ["10", "9", "2", "10"]})

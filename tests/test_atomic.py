@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-import atomic
+from mbemlib import atomic
 
 
 def test_atomic_write_gives_the_mode_open_would(tmp_path):

@@ -12,9 +12,9 @@ import torch
 
 mx = pytest.importorskip("mxnet", reason="MXNet is not installed (the torch-only environment)")
 
-import pipeline  # noqa: E402
 import resnet  # noqa: E402
 import resnet_torch  # noqa: E402
+from mbemlib import pipeline  # noqa: E402
 from test_resnet_torch import cifar_subset  # noqa: E402
 
 autograd = mx.autograd

@@ -16,7 +16,7 @@ TRAIN = """
 import pickle, sys
 import numpy as np
 import importlib
-from pipeline import Checkpoint
+from mbemlib.pipeline import Checkpoint
 trainer = importlib.import_module(sys.argv[1])
 rng = np.random.default_rng(0)
 images = rng.integers(0, 256, (192, 3, 16, 16), dtype=np.uint8)
@@ -84,7 +84,7 @@ def test_a_full_disk_during_a_checkpoint_is_said_once_and_the_training_goes_on(t
     import torch
 
     import resnet_torch
-    from pipeline import Checkpoint
+    from mbemlib.pipeline import Checkpoint
 
     def full(obj, path):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import cifar10n
-from cli import InputError
 from conftest import run_script, shared_path
+from mbemlib.cli import InputError
 
 
 @pytest.fixture(scope="module")

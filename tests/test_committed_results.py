@@ -12,11 +12,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import aggregation as agg
 import noise_sim
-import settings
 from conftest import HAVE_MXNET, ROOT, shared_path
 from MBEM import Experiment, load_images
+from mbemlib import aggregation as agg
+from mbemlib import settings
 
 FOLDERS = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*", "results.json"))
                  if os.path.basename(os.path.dirname(p)) not in ("demo", "smoke"))  # those two are not committed

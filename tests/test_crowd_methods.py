@@ -7,9 +7,9 @@ from importlib.util import find_spec
 import numpy as np
 import pytest
 
-import aggregation as agg
 import MBEM
 from conftest import run_script
+from mbemlib import aggregation as agg
 
 torch = pytest.importorskip("torch")
 needs_cleanlab = pytest.mark.skipif(find_spec("cleanlab") is None,
@@ -17,7 +17,7 @@ needs_cleanlab = pytest.mark.skipif(find_spec("cleanlab") is None,
 needs_crowdkit = pytest.mark.skipif(find_spec("crowdkit") is None,
                                     reason="crowd-kit is optional: pip install -r requirements-extra.txt")
 
-import crowd_methods  # noqa: E402 (after torch's skip)
+from mbemlib import crowd_methods  # noqa: E402 (after torch's skip)
 
 
 def annotations(triples, n, m, K):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline
 import resnet_torch
+from mbemlib import pipeline
 
 FORCED = os.environ.get("MBEM_TEST_DEVICE") == "cpu"
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or FORCED), reason="no CUDA GPU")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dataset
 from conftest import shared_path
+from mbemlib import dataset
 
 
 class Server:

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-import imagenet
 from conftest import needs_mxnet, run_script
+from mbemlib import imagenet
 
 CLASSES, GROUP = 20, 10
 

@@ -8,10 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-import aggregation
-import label_files
 import noise_sim
 from conftest import ROOT, run_script, shared_path
+from mbemlib import aggregation, label_files
 
 
 def run(*args):

@@ -14,14 +14,12 @@ import time
 import numpy as np
 import pytest
 
-import aggregation as agg
-import dataset
 import MBEM
 import noise_sim
-import settings
-import store
-from cli import RunError
 from conftest import ROOT, needs_mxnet, run_script
+from mbemlib import aggregation as agg
+from mbemlib import dataset, settings, store
+from mbemlib.cli import RunError
 
 SCRIPT = os.path.join(ROOT, "MBEM.py")
 
@@ -577,7 +575,7 @@ def test_gpus_on_a_machine_without_them_is_one_line(tmp_path, backend, capsys):
 
 
 def test_several_gpus_on_torch_need_torchrun(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(settings, "gpu_count", lambda backend: 2)  # as on a machine with two GPUs
+    monkeypatch.setattr(MBEM, "gpu_count", lambda backend: 2)  # as on a machine with two GPUs
     with pytest.raises(SystemExit):
         MBEM.main(["--preset", "smoke", "--backend", "torch", "--gpus", "0,1", "--out", str(tmp_path / "x")])
     assert "torchrun --nproc_per_node 2 MBEM.py ... --gpus 0,1" in capsys.readouterr().err
@@ -622,9 +620,9 @@ def test_a_folder_in_use_is_refused_in_one_line_and_a_dead_runs_lock_is_taken_ov
     process), writing nothing; once the holder is gone (killed, so its name stays in the file)
     the next run takes the folder over and says so."""
     out = tmp_path / "x"
-    holder = subprocess.Popen([sys.executable, "-c", "import store, sys, time; store.hold(sys.argv[1]); "
-                               "print('held', flush=True); time.sleep(60)", str(out)], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mbemlib import store; "
+                               "store.hold(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(out)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
         refused = run(*TORCH_SMOKE, "--out", out)

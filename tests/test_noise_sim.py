@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-import aggregation
 import noise_sim
+from mbemlib import aggregation
 
 
 def test_hammer_spammer_matches_release_construction():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import pipeline
+from mbemlib import pipeline
 
 
 def test_augment_pads_crops_and_mirrors():

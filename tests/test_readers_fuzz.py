@@ -11,10 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import dataset
-import label_files
-from cli import InputError
 from conftest import run_script
+from mbemlib import dataset, label_files
+from mbemlib.cli import InputError
 
 FIELD = st.one_of(
     st.text(max_size=12),  # anything, quotes, commas and newlines included

@@ -11,8 +11,8 @@ import torch
 
 import MBEM
 import resnet_torch
-import settings
 from conftest import needs_mxnet
+from mbemlib import settings
 
 BACKENDS = ["resnet_torch", pytest.param("resnet", marks=needs_mxnet)]  # the trainers' modules
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-import report
+from mbemlib import report
 
 
 def cell(algorithm, r, seed, error, **extra):

@@ -8,9 +8,8 @@ import pytest
 
 import reproduce
 import resnet_torch
-import settings
-import store
 from conftest import ROOT, run_script
+from mbemlib import settings, store
 
 
 def parsed(folder):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import dataset
 import resnet_torch
 from conftest import shared_path
+from mbemlib import dataset
 
 CPU = torch.device("cpu")
 

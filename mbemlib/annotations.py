@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import aggregation as agg
-from cli import InputError
-from label_files import read_answers
+from mbemlib import aggregation as agg
+from mbemlib.cli import InputError
+from mbemlib.label_files import read_answers
 
 
 @dataclass

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from importlib.util import find_spec
 
 import noise_sim
-from aggregation import FIELD, METHODS, canonical, runs_at
-from cli import INSTALL, Parser, RunError, csv_list, number, output_problem
-from pipeline import gpu_ids, stages
+from mbemlib.aggregation import FIELD, METHODS, canonical, runs_at
+from mbemlib.cli import INSTALL, Parser, csv_list, number, output_problem
+from mbemlib.pipeline import gpu_ids, stages
 
 
 def plan_pairs(text):
@@ -227,21 +227,6 @@ PRESETS = {
 }
 
 
-def trainer(backend):
-    """The backend switch: resnet (MXNet) or resnet_torch (PyTorch), imported when first needed (each
-    framework is optional). Both import pipeline, which imports neither, so no cycle runs here."""
-    try:
-        if backend == "mxnet":
-            import resnet
-
-            return resnet
-        import resnet_torch
-
-        return resnet_torch
-    except ImportError as err:
-        raise RunError(f"{INSTALL['mxnet' if backend == 'mxnet' else 'torch']} ({err})") from err
-
-
 def saved_config(folder):
     """The Config a results folder's results.json was made with (settings it does not know are left out)."""
     with open(os.path.join(folder, "results.json")) as f:
@@ -369,19 +354,6 @@ def check(p, config, args):
     needed = {"mxnet": config.backend == "mxnet", "torch": config.backend == "torch" or config.dataset == "imagenet"}
     for package in (name for name, needs in needed.items() if needs and find_spec(name) is None):
         p.error(INSTALL[package])
-    if config.gpus:
-        ids, available = ",".join(map(str, config.gpus)), gpu_count(config.backend)
-        if max(config.gpus) >= available:
-            p.error(f"--gpus {ids}: {config.backend} sees {available or 'no'} GPU{'s' * (available != 1)} here "
-                    f"(leave --gpus out to train on the CPU)")
-        if config.backend == "torch" and len(config.gpus) > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            p.error(f"--gpus {ids}: the torch backend runs one process per GPU, started by torchrun: torchrun "
-                    f"--nproc_per_node {len(config.gpus)} MBEM.py ... --gpus {ids}")
-    if config.backend == "torch" and config.precision == "bf16":  # refused before the data is loaded
-        try:
-            trainer("torch").resolve_precision("bf16", config.gpus)
-        except ValueError as err:
-            p.error(str(err))
 
 
 def check_field(p, config, cells):
@@ -391,7 +363,7 @@ def check_field(p, config, cells):
     chosen = [a for a in config.algorithms if a in FIELD]
     if not chosen:
         return
-    from crowd_methods import END_TO_END, missing  # torch with it: only for these methods
+    from mbemlib.crowd_methods import END_TO_END, missing  # torch with it: only for these methods
 
     if problem := missing(chosen):
         p.error(problem)
@@ -403,19 +375,6 @@ def check_field(p, config, cells):
     if "crowdlab" in chosen and cells and not any(runs_at("crowdlab", r) for r, _ in cells):
         p.error("--algorithms crowdlab: cleanlab's CROWDLAB needs items with two labels or more, and r = 1 gives "
                 "each one label: add a redundancy of 2 or more (its r = 1 cells are left out)")
-
-
-def gpu_count(backend):
-    """How many GPUs the backend can use on this machine (0 for a CPU build)."""
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.device_count()
-    import resnet  # before mxnet: it sets MXNet's thread count
-
-    return resnet.mx.context.num_gpus()
-
-
 
 
 def flags(names):

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from atomic import replacing
+from mbemlib import ROOT
+from mbemlib.atomic import replacing
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -41,7 +41,7 @@ class Dataset:
 
 def data_dir(path=None):
     """The data folder: the argument, else $MBEM_DATA, else data/ beside this file."""
-    path = path or os.environ.get("MBEM_DATA") or os.path.join(HERE, "data")
+    path = path or os.environ.get("MBEM_DATA") or os.path.join(ROOT, "data")
     os.makedirs(path, exist_ok=True)
     return path
 

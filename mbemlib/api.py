@@ -6,7 +6,7 @@ as three equal-length sequences; items, workers and labels may be any hashable v
 are the distinct labels, sorted (and, for `mbem`, the columns of the model's probabilities).
 
     import pandas as pd
-    import api
+    from mbemlib import api
 
     answers = pd.DataFrame({"item": ["a", "a", "b"], "worker": ["w1", "w2", "w1"], "label": ["cat", "dog", "dog"]})
     result = api.aggregate(answers, method="em")
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-import aggregation as agg
-import plan as planner
-from label_files import model_table, relabel, sort_classes
+from mbemlib import aggregation as agg
+from mbemlib import planning as planner
+from mbemlib.label_files import model_table, relabel, sort_classes
 
 
 @dataclass

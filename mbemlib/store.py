@@ -24,10 +24,11 @@ from importlib import metadata
 
 import numpy as np
 
-from atomic import UMASK, atomic_write
-from cli import RunError
-from label_files import confusions_csv, posterior_csv
-from settings import NOT_RESULTS, Config, comparable
+from mbemlib import ROOT
+from mbemlib.atomic import UMASK, atomic_write
+from mbemlib.cli import RunError
+from mbemlib.label_files import confusions_csv, posterior_csv
+from mbemlib.settings import NOT_RESULTS, Config, comparable
 
 
 def environment():
@@ -35,7 +36,7 @@ def environment():
     from package metadata, so neither framework is imported just to be named."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+                                cwd=ROOT).stdout.strip() or None
     except OSError:
         commit = None
     versions = {}
@@ -47,7 +48,9 @@ def environment():
     return commit, versions, machine()
 
 
-TRAINER_FILES = ("pipeline.py", "resnet.py", "resnet_torch.py", "imagenet.py", "crowd_methods.py")
+# The code a trained model depends on, by path from the checkout's root.
+TRAINER_FILES = ("resnet.py", "resnet_torch.py", "mbemlib/pipeline.py", "mbemlib/imagenet.py",
+                 "mbemlib/crowd_methods.py")
 
 
 def trainer_digest():
@@ -55,7 +58,7 @@ def trainer_digest():
     so that a checkpoint written by other code is not resumed."""
     h = hashlib.sha1()
     for name in TRAINER_FILES:
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), "rb") as f:
+        with open(os.path.join(ROOT, name), "rb") as f:
             h.update(f.read())
     return h.hexdigest()
 
@@ -65,7 +68,7 @@ def trainer_changes(commit):
     included): [] when none, None when git cannot tell (no git, or a commit this clone lacks)."""
     try:
         result = subprocess.run(["git", "diff", "--name-only", commit, "--", *TRAINER_FILES], capture_output=True,
-                                text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+                                text=True, cwd=ROOT)
     except OSError:
         return None
     return result.stdout.split() if result.returncode == 0 else None

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from dataset import IMAGE_SUFFIXES, Dataset
+from mbemlib.dataset import IMAGE_SUFFIXES, Dataset
 
 DRAWS = 10  # random-resized-crop attempts, as in the reference recipe
 

@@ -1,6 +1,6 @@
 """Label files: CSVs of crowd labels (item, worker, label) read into Annotations, posteriors and
 confusions written out, every output written atomically, and the command line of
-`python aggregation.py answers.csv --method em` (aggregation.py holds the estimators).
+`python aggregation.py answers.csv --method em` (mbemlib/aggregation.py holds the estimators).
 """
 
 import itertools
@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from aggregation import ALIASES, LABEL_ONLY, MAX_ITER, TOL, Annotations, aggregate, canonical, mbem_step
-from atomic import atomic_write
-from cli import InputError, Parser, number, output_problem
+from mbemlib.aggregation import ALIASES, LABEL_ONLY, MAX_ITER, TOL, Annotations, aggregate, canonical, mbem_step
+from mbemlib.atomic import atomic_write
+from mbemlib.cli import InputError, Parser, number, output_problem
 
 ITEM_COLUMNS, WORKER_COLUMNS, LABEL_COLUMNS = ("item", "task", "question"), ("worker",), ("label", "answer")
 # Every upper/lower-case spelling of the words that mean "no value" (NaN, nan, NULL, ...).
@@ -280,7 +280,3 @@ def read_table(path, index, column=None):
         raise InputError(f"{path}: item {frame[index][frame[index].duplicated()].iloc[0]!r} appears twice")
     frame = frame.set_index(index)
     return frame[column] if column else frame
-
-
-if __name__ == "__main__":
-    sys.exit(main())

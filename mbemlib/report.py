@@ -24,9 +24,9 @@ from collections import Counter
 import numpy as np
 from scipy import stats
 
-import aggregation as agg
-from aggregation import METHODS
-from atomic import atomic_write
+from mbemlib import aggregation as agg
+from mbemlib.aggregation import METHODS
+from mbemlib.atomic import atomic_write
 
 NAMES = METHODS  # what a table or figure calls each method
 CSV_COLUMNS = ["redundancy", "n", "algorithm", "seed", "test_error", "test_error_top5", "val_error",
