@@ -21,31 +21,39 @@ import scipy.sparse as sp
 
 from mbemlib.cli import InputError
 
-METHODS = {  # name: what a report calls it
-    "mv": "majority vote",
-    "wmv": "weighted MV",
-    "em": "label-only EM",
-    "mbem": "MBEM",
-    "oracle": "oracle confusions",
-    "clean": "clean labels",
-    "crowdlab": "CROWDLAB",  # the field's methods, beside MBEM: crowd_methods.py
-    "crowdlayer": "Crowd Layer",
-    "conal": "CoNAL",
+
+@dataclass(frozen=True)
+class Method:
+    """One method, as every command line, results file and report names it."""
+
+    title: str  # what a table or figure calls it
+    seed: int  # its own random stream (MV's tie-breaks), fixed here so that reordering a table changes no result
+    needs: str  # what makes its targets: labels, model, true confusions, true labels, or library (crowd_methods.py)
+    min_redundancy: int = 1  # the fewest labels per item it runs with
+
+
+# Every method: the seeds are the values every committed results folder was drawn with.
+REGISTRY = {
+    "mv": Method("majority vote", 0, "labels"),
+    "wmv": Method("weighted MV", 1, "labels"),
+    "em": Method("label-only EM", 2, "labels"),
+    "mbem": Method("MBEM", 3, "model"),  # bootstrapped from WMV's model: the paper's Algorithm 1
+    "oracle": Method("oracle confusions", 4, "true confusions"),
+    "clean": Method("clean labels", 5, "true labels"),
+    "crowdlab": Method("CROWDLAB", 6, "library", min_redundancy=2),  # cleanlab refuses items with one label
+    "crowdlayer": Method("Crowd Layer", 7, "library"),
+    "conal": Method("CoNAL", 8, "library"),
 }
-# Each method's own random stream (MV's tie-breaks), fixed by its name so that reordering a table
-# changes no result: the values every committed results folder was drawn with.
-SEED_OF = {"mv": 0, "wmv": 1, "em": 2, "mbem": 3, "oracle": 4, "clean": 5, "crowdlab": 6, "crowdlayer": 7, "conal": 8}
-LABEL_ONLY = ("mv", "wmv", "em")  # the methods that need nothing but the labels (`aggregate`)
-FIELD = ("crowdlab", "crowdlayer", "conal")  # later methods, each from an optional library: crowd_methods.py
-ALIASES = {"ds": "em"}
-# The fewest labels per item a method can run with: cleanlab's CROWDLAB refuses items with one label.
-MIN_REDUNDANCY = {"crowdlab": 2}
+METHODS = {name: method.title for name, method in REGISTRY.items()}  # name: what a report calls it
+LABEL_ONLY = tuple(name for name, method in REGISTRY.items() if method.needs == "labels")  # `aggregate`'s
+FIELD = tuple(name for name, method in REGISTRY.items() if method.needs == "library")  # optional libraries
+ALIASES = {"ds": "em"}  # Dawid-Skene, as crowd-kit names label-only EM
 
 
 def runs_at(method, r):
-    """Whether `method` can run on items with r labels each (MIN_REDUNDANCY); r = 0, real labels
+    """Whether `method` can run on items with r labels each (its min_redundancy); r = 0, real labels
     taken as they are (no fixed redundancy), is left to the method to judge."""
-    return r == 0 or r >= MIN_REDUNDANCY.get(method, 1)  # Dawid-Skene, as crowd-kit names label-only EM
+    return r == 0 or r >= REGISTRY[method].min_redundancy
 
 
 def canonical(name):

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import MBEM
 import noise_sim
 from conftest import shared_path
 from mbemlib import aggregation as agg
@@ -276,10 +277,16 @@ def test_the_release_smoothing_constant_sets_how_much_a_perfect_worker_can_be_ov
 
 
 def test_every_method_has_its_own_fixed_seed():
-    """MBEM.py seeds each method's draws by agg.SEED_OF, by name: every method has one, no two share
-    one (tests/test_committed_results.py checks the values against the committed folders)."""
-    assert set(agg.SEED_OF) == set(agg.METHODS)
-    assert len(set(agg.SEED_OF.values())) == len(agg.SEED_OF)
+    """MBEM.py seeds each method's draws by its registry entry, by name: no two share one
+    (tests/test_committed_results.py checks the values against the committed folders)."""
+    seeds = [method.seed for method in agg.REGISTRY.values()]
+    assert len(set(seeds)) == len(seeds)
+    assert {name: agg.REGISTRY[name].seed for name in ("mv", "wmv", "em")} == {"mv": 0, "wmv": 1, "em": 2}
+
+
+def test_the_registry_says_what_each_method_needs():
+    assert agg.LABEL_ONLY == ("mv", "wmv", "em") and agg.FIELD == ("crowdlab", "crowdlayer", "conal")
+    assert {m.needs for m in agg.REGISTRY.values()} == set(MBEM.TARGET_MAKERS)  # each kind has its maker
 
 
 def test_which_redundancies_a_method_runs_at():

@@ -14,7 +14,7 @@ import pytest
 
 import noise_sim
 from conftest import HAVE_MXNET, ROOT, shared_path
-from MBEM import Experiment, load_images
+from MBEM import Experiment, load_images, oracle_targets
 from mbemlib import aggregation as agg
 from mbemlib import settings
 
@@ -85,12 +85,11 @@ def test_labels_and_label_only_targets_are_drawn_again_exactly(folder, cifar):
         workers = None if config.annotations else workers_of(config, seed)
         items, ann, _ = experiment.labels(seed, r, n, workers)
         assert len(items) == n and len(ann.items) == n * r
-        rng = np.random.default_rng([seed, r, n, agg.SEED_OF[algorithm]])  # as Experiment.cell seeds it
+        rng = np.random.default_rng([seed, r, n, agg.REGISTRY[algorithm].seed])  # as Experiment.cell seeds it
         if algorithm in agg.LABEL_ONLY:
             targets = agg.aggregate(ann, algorithm, rng).posterior
         elif algorithm == "oracle":
-            oracle = np.maximum(workers, agg.RELEASE_ZERO)
-            targets = agg.posterior(ann, oracle / oracle.sum(axis=2, keepdims=True))
+            targets, _ = oracle_targets(ann, workers)
         else:
             continue  # mbem's and clean's targets: a trained model's, or the truth
         truth = cifar.train_labels[items]
