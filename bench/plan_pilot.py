@@ -23,6 +23,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 from mbemlib import aggregation as agg
 from mbemlib import planning
+from mbemlib.annotations import draw_per_item
 from mbemlib.label_files import read_answers
 
 SETS = {  # name: (answers CSV relative to the checkout, the budget to plan)
@@ -35,12 +36,10 @@ SETS = {  # name: (answers CSV relative to the checkout, the budget to plan)
 def pilot(ann, items, r, rng):
     """The labels of `items` (renumbered 0..), r of each item's labels drawn at random (all of them
     where it has fewer); workers keep their ids."""
-    order = np.lexsort((rng.random(len(ann.items)), ann.items))  # each item's labels in random order
-    sorted_items = ann.items[order]
-    rank = np.arange(len(order)) - np.searchsorted(sorted_items, sorted_items)  # position within its item
+    drawn = draw_per_item(ann.items, r, rng)
     new_id = np.full(ann.n, -1)
     new_id[items] = np.arange(len(items))
-    keep = order[(rank < r) & (new_id[sorted_items] >= 0)]
+    keep = drawn[new_id[ann.items[drawn]] >= 0]
     return agg.Annotations(new_id[ann.items[keep]], ann.workers[keep], ann.labels[keep], len(items), ann.m, ann.K)
 
 

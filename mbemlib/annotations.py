@@ -78,6 +78,17 @@ def read(path, train_names, classes):
     return real, classes
 
 
+def draw_per_item(item, r, rng):
+    """r labels of each item, uniformly (all of an item's where it has fewer): each item's labels
+    ordered by a random key, the first r kept. `item` is each label's item; returns the kept
+    labels' indices, item by item."""
+    order = np.lexsort((rng.random(len(item)), item))
+    grouped = item[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return order[rank < r]
+
+
 def subsample(real, allowed, r, n, rng, K):
     """The fixed-budget cell at redundancy r: n images drawn from the `allowed` ones that have at
     least r labels, and r of each image's labels drawn at random (r = 0: every labelled allowed
@@ -95,13 +106,7 @@ def subsample(real, allowed, r, n, rng, K):
     position[images] = np.arange(len(images))
     keep = np.flatnonzero(position[real.image] >= 0)
     if r:
-        # r labels per chosen image, uniformly: order each image's labels by a random key, keep the first r
-        key = rng.random(len(keep))
-        order = keep[np.lexsort((key, position[real.image[keep]]))]
-        group = position[real.image[order]]
-        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-        keep = np.sort(order[rank < r])
+        keep = np.sort(keep[draw_per_item(position[real.image[keep]], r, rng)])
     ann = agg.Annotations(position[real.image[keep]], real.worker[keep], real.label[keep], len(images), real.m, K)
     return images, ann
 

@@ -48,9 +48,10 @@ def environment():
     return commit, versions, machine()
 
 
-# The code a trained model depends on, by path from the checkout's root.
-TRAINER_FILES = ("resnet.py", "resnet_torch.py", "mbemlib/pipeline.py", "mbemlib/imagenet.py",
-                 "mbemlib/crowd_methods.py")
+# The code a trained model depends on, by path from the checkout's root: both trainers, every
+# module they import (tests/test_layout.py checks it), and the ImageNet images' decoding.
+TRAINER_FILES = ("resnet.py", "resnet_torch.py", "mbemlib/pipeline.py", "mbemlib/crowd_methods.py", "mbemlib/atomic.py",
+                 "mbemlib/imagenet.py")
 
 
 def trainer_digest():

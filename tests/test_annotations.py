@@ -235,3 +235,16 @@ def test_what_needs_the_truth_is_refused_without_it(tmp_path, flags, message, ca
                            str(tmp_path / "out"), *real, *(flags or ["--plan", "1:10", "--select-epoch", "last"])])
     error = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and message in error[-1] and not (tmp_path / "out").exists()
+
+
+def test_draw_per_item_keeps_r_of_each_items_labels_uniformly():
+    item = np.array([0, 0, 0, 1, 2, 2, 0])  # item 0 has four labels, 1 one, 2 two
+    rng = np.random.default_rng(0)
+    chosen = np.zeros(len(item))
+    for _ in range(4000):
+        kept = annotations.draw_per_item(item, 2, rng)
+        assert np.bincount(item[kept], minlength=3).tolist() == [2, 1, 2]
+        chosen[kept] += 1
+    share = chosen / 4000
+    assert share[[3, 4, 5]].tolist() == [1.0, 1.0, 1.0]  # fewer than r: all of them
+    assert np.allclose(share[[0, 1, 2, 6]], 0.5, atol=0.03)  # four labels, two drawn: each half the time

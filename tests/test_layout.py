@@ -73,3 +73,19 @@ def test_the_package_needs_no_top_level_module_but_noise_sim():
         if name.startswith("mbemlib"):
             outside = {t for t in targets if not t.startswith("mbemlib")}
             assert outside <= {"noise_sim"}, f"{name} imports {outside}"
+
+
+def test_the_trainer_files_are_what_the_trainers_import():
+    """store.TRAINER_FILES (whose digest keys every checkpoint) holds both trainers and every project
+    module they reach, so that no edit to a trainer's code goes unnoticed on resume."""
+    from mbemlib import store
+
+    modules, edges = project_modules(), graph()
+    reached, todo = set(), ["resnet", "resnet_torch"]
+    while todo:
+        name = todo.pop()
+        if name not in reached and name != "mbemlib":
+            reached.add(name)
+            todo += edges[name]
+    files = {os.path.relpath(modules[name], ROOT) for name in reached}
+    assert files <= set(store.TRAINER_FILES), files - set(store.TRAINER_FILES)
