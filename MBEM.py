@@ -247,8 +247,8 @@ class Experiment:
         return Made(trained, targets, confusions, extra={"rounds": rounds})
 
     def from_library(self, cell, fit):
-        """The field's methods (crowd_methods.py; torch and the optional libraries are imported here
-        only). CROWDLAB: WMV's model, as MBEM starts from, but out of sample (one per fold). Crowd
+        """The field's methods (mbemlib/crowd_methods.py; torch and the optional libraries are imported
+        here only). CROWDLAB: WMV's model, as MBEM starts from, but out of sample (one per fold). Crowd
         Layer and CoNAL: every (item, worker, label) through a crowd head, no aggregate trained on."""
         from mbemlib import crowd_methods
 
@@ -619,8 +619,8 @@ def check_devices(parser, config):
 
 def load_images(config):
     """The images of --dataset (digits, imagenet, folder, cifar10), or a RunError in one line: the
-    dispatch lives here, with its caller, so that imagenet.py (which builds on dataset.Dataset)
-    and dataset.py never import each other."""
+    dispatch lives here, with its caller, so that mbemlib.imagenet (which builds on dataset.Dataset)
+    and mbemlib.dataset never import each other."""
     try:
         if config.dataset == "digits":
             return data.load_digits()

@@ -7,7 +7,7 @@ the first unit of every stage, then BN-ReLU, global average pool, dense, log-sof
 
 Loss on a soft target q (the posterior of the true class): -sum_k q_k log p_k, batch mean.
 
-Training as released, with the recipe written once in pipeline.py and read here and by the
+Training as released, with the recipe written once in mbemlib/pipeline.py and read here and by the
 PyTorch trainer resnet_torch.py (the same functions, the same signatures): Nesterov momentum,
 the learning rate linear in the batch size and its drops, weight decay on weights and BatchNorm
 scales only, BatchNorm eps and momentum, Xavier init; the input pipeline and the per-epoch record.

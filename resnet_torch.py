@@ -1,7 +1,7 @@
 """The release's pre-activation ResNet in PyTorch, trained exactly as resnet.py trains it in MXNet
 (the same contract: to_devices, build, train, predict_proba, accuracy), plus bf16 and compilation.
 
-Network, loss and training are resnet.py's, the recipe read from pipeline.py, in MXNet's
+Network, loss and training are resnet.py's, the recipe read from mbemlib/pipeline.py, in MXNet's
 conventions where PyTorch's differ:
 - BatchNorm eps 2e-5; MXNet's momentum 0.9 (the share kept of the running value) is PyTorch's
   momentum 0.1 (the share taken from the batch);
@@ -22,7 +22,7 @@ Speed (bench/bench_train.py measures each):
 - torch.compile (inductor) fuses BatchNorm, ReLU and the additions into few kernels; one
   batch shape in training (only full batches) and one in evaluation (the last batch is padded)
   so it compiles twice per model, not per shape;
-- the numpy pipeline (pipeline.py) prepares the next batch in a background thread.
+- the numpy pipeline (mbemlib/pipeline.py) prepares the next batch in a background thread.
 
 Several GPUs: one process per GPU under torchrun, DistributedDataParallel (MBEM.py starts the
 process group). Every process draws the same global batch and trains on its slice of it, so the
@@ -295,7 +295,7 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
     that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
     The arguments are resnet.train's; precision 'bf16' autocasts, compile runs torch.compile.
     crowd = (head, workers, labels) trains end to end on every label instead (Crowd Layer,
-    CoNAL: crowd_methods.py): the head maps the network's output to each worker's answer, and
+    CoNAL: mbemlib/crowd_methods.py): the head maps the network's output to each worker's answer, and
     workers and labels (n x slots, -1 for none) give each image's labels; the targets then only
     count the training accuracy. checkpoint (a pipeline.Checkpoint) keeps the whole state after each
     epoch and resumes from it: the weights, both optimizers, the epoch's random states and the
