@@ -247,21 +247,26 @@ class Experiment:
         return Made(trained, targets, confusions, extra={"rounds": rounds})
 
     def from_library(self, cell, fit):
-        """The field's methods (mbemlib/crowd_methods.py; torch and the optional libraries are imported
-        here only). CROWDLAB: WMV's model, as MBEM starts from, but out of sample (one per fold). Crowd
-        Layer and CoNAL: every (item, worker, label) through a crowd head, no aggregate trained on."""
+        """CROWDLAB (mbemlib/crowd_methods.py; cleanlab is imported here only): its consensus from
+        WMV's model, as MBEM starts from, but out of sample (one model per fold)."""
         from mbemlib import crowd_methods
 
-        if cell.algorithm == "crowdlab":
-            tag = f"seed {cell.seed} r {cell.r}"
-            bootstrap = self.out_of_fold(agg.weighted_majority_vote(cell.ann), cell.items, cell.seed, tag)
-            try:
-                targets, estimated = crowd_methods.crowdlab(cell.ann, bootstrap)
-            except ValueError as err:
-                raise RunError(f"crowdlab: {err}") from err
-            return Made(fit(targets, "crowdlab"), targets, None, estimated)
-        module = crowd_methods.HEADS[cell.algorithm](self.K, cell.ann.m)
-        # WMV's targets count the training accuracy only; the labels it infers are the network's own
+        tag = f"seed {cell.seed} r {cell.r}"
+        bootstrap = self.out_of_fold(agg.weighted_majority_vote(cell.ann), cell.items, cell.seed, tag)
+        try:
+            targets, estimated = crowd_methods.crowdlab(cell.ann, bootstrap)
+        except ValueError as err:
+            raise RunError(f"crowdlab: {err}") from err
+        return Made(fit(targets, "crowdlab"), targets, None, estimated)
+
+    def from_crowd_head(self, cell, fit):
+        """Crowd Layer and CoNAL (mbemlib/crowd_methods.py; torch and crowd-kit are imported here
+        only): every (item, worker, label) through a crowd head, no aggregate trained on; WMV's
+        targets count the training accuracy only, and the labels it infers are the network's own."""
+        from mbemlib import crowd_methods
+
+        options = {"omega": self.config.conal_omega} if cell.algorithm == "conal" else {}
+        module = crowd_methods.HEADS[cell.algorithm](self.K, cell.ann.m, **options)
         trained = fit(agg.weighted_majority_vote(cell.ann), cell.algorithm,
                       crowd=(module, *crowd_methods.padded(cell.ann)))
         return Made(trained, trained.train_probs, module.confusions())
@@ -325,6 +330,7 @@ class Experiment:
             head, workers, labels = crowd
             pad = np.full((len(images) - len(items), workers.shape[1]), -1)
             options["crowd"] = (head, np.concatenate([workers, pad]), np.concatenate([labels, pad]))
+            options["crowd_optimizer"] = c.crowd_optimizer
         history = []
         for stage in range(2 if c.two_stage else 1):
             checkpoint = self.checkpoint(f"{tag} n {len(items)} stage {stage + 1}", seed, items, targets, crowd)
@@ -341,7 +347,7 @@ class Experiment:
                                      compile=c.compile, desc=f"{tag} stage {stage + 1}", checkpoint=checkpoint,
                                      epoch_log=self.epoch_log, **options)
             history += [dict(record, stage=stage + 1) for record in h]
-            options.pop("crowd", None)  # a second stage trains on the first's predictions
+            options.pop("crowd", None), options.pop("crowd_optimizer", None)  # a second stage: the first's predictions
             augment = {"pad": c.augment_pad, "rng": np.random.default_rng([seed, stage])} if c.predict_augmented else {}
             train_probs = trainer.predict_proba(model, labelled, columns=grouped and grouped.columns, **augment)
             targets = agg.one_hot(train_probs.argmax(axis=1), train_probs.shape[1])  # the second stage's targets
@@ -448,7 +454,7 @@ class Experiment:
 
 TARGET_MAKERS = {"labels": Experiment.from_labels, "model": Experiment.from_model,
                  "true confusions": Experiment.from_true_confusions, "true labels": Experiment.from_true_labels,
-                 "library": Experiment.from_library}
+                 "library": Experiment.from_library, "crowd head": Experiment.from_crowd_head}
 
 
 def dry_run(config, experiment, cells):

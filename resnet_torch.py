@@ -290,18 +290,21 @@ def nag(net, lr):
 def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
           select_epoch="last", val=None, test=None, pad=4, shuffle=True, precision="fp32", compile=False,
           progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS, crowd=None, checkpoint=None,
-          epoch_log=None):
-    """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image
-    that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
-    The arguments are resnet.train's; precision 'bf16' autocasts, compile runs torch.compile.
-    crowd = (head, workers, labels) trains end to end on every label instead (Crowd Layer,
-    CoNAL: mbemlib/crowd_methods.py): the head maps the network's output to each worker's answer, and
+          epoch_log=None, crowd_optimizer="release"):
+    """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image that
+    only passes through: no gradient, but BatchNorm statistics, weight decay and momentum). The
+    arguments are resnet.train's; precision 'bf16' autocasts, compile runs torch.compile. crowd =
+    (head, workers, labels) trains end to end on every label instead (Crowd Layer, CoNAL:
+    mbemlib/crowd_methods.py): the head maps the network's output to each worker's answer, and
     workers and labels (n x slots, -1 for none) give each image's labels; the targets then only
-    count the training accuracy. checkpoint (a pipeline.Checkpoint) keeps the whole state after each
-    epoch and resumes from it: the weights, both optimizers, the epoch's random states and the
-    record, so that a resumed training ends bit for bit where an uninterrupted one does (on the CPU;
-    on a GPU as far as its kernels are deterministic). epoch_log (a pipeline.EpochLog) takes the
-    per-epoch lines (else the screen). Returns (model, history), history as pipeline.Epochs keeps it."""
+    count the training accuracy; crowd_optimizer "release" keeps the network on the release's NAG
+    schedule and trains the head with Adam at its rate, "authors" trains both with Adam at the
+    head's rate, constant, as the methods' authors do. checkpoint (a pipeline.Checkpoint) keeps the
+    whole state after each epoch and resumes from it: the weights, both optimizers, the epoch's
+    random states and the record, so that a resumed training ends bit for bit where an uninterrupted
+    one does (on the CPU; on a GPU as far as its kernels are deterministic). epoch_log (a
+    pipeline.EpochLog) takes the per-epoch lines (else the screen). Returns (model, history),
+    history as pipeline.Epochs keeps it."""
     rank, world = distributed()
     if crowd is not None and world > 1:
         raise ValueError("a crowd head trains in one process (its matrices are not synchronised across GPUs)")
@@ -315,14 +318,18 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
     trained = net if world == 1 else nn.parallel.DistributedDataParallel(net, device_ids=None if device.type == "cpu"
                                                                          else [device])
     step_fn = model.forward if world == 1 else trained  # DDP runs the eager module (compiled DDP is a later step)
-    optimizer, head = nag(net, lr), None
+    optimizer, head, head_optimizer, scheduled = nag(net, lr), None, None, True
     if crowd is not None:
         head = crowd[0].to(device)
+        image = getattr(head, "omega_input", "features") == "image"  # CoNAL's omega may read the flattened image
+        embedding = int(np.prod(images.shape[1:])) if image else net.output.in_features
         with torch.no_grad():  # one pass materialises lazy layers (crowd-kit's CoNAL) before Adam takes them
-            head(torch.zeros(1, classes, device=device), torch.zeros(1, net.output.in_features, device=device),
+            head(torch.zeros(1, classes, device=device), torch.zeros(1, embedding, device=device),
                  torch.zeros(1, 1, dtype=torch.long, device=device))
-        # the crowd matrices learn as their papers train them (Adam, the head's LR); the network keeps NAG
-        head_optimizer = torch.optim.Adam(head.parameters(), lr=head.LR)
+        if crowd_optimizer == "authors":  # everything with Adam at the authors' rate, never scheduled
+            optimizer, scheduled = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=head.LR), False
+        else:  # the crowd matrices learn as their papers train them (Adam, the head's LR); the network keeps NAG
+            head_optimizer = torch.optim.Adam(head.parameters(), lr=head.LR)
     steps = len(images) // batch_size
     drops = update_steps(steps * epochs, milestones)
     log = Epochs(select_epoch, val, test, desc, epochs, progress and not rank, epoch_log if not rank else None)
@@ -336,6 +343,7 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
         optimizer.load_state_dict(saved["optimizer"])
         if head is not None:
             head.load_state_dict(saved["head"])
+        if head_optimizer is not None:
             head_optimizer.load_state_dict(saved["head_optimizer"])
         rng.bit_generator.state, update, first = saved["rng"], saved["update"], len(saved["log"]["history"])
         torch.set_rng_state(saved["torch_rng"])
@@ -345,7 +353,7 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, rows with a target
         for x, idx in log.bar(batches(images, batch_size, rng, shuffle=shuffle, pad=pad, drop_last=True), steps):
             update += 1
-            for group in optimizer.param_groups:
+            for group in optimizer.param_groups if scheduled else ():
                 group["lr"] = learning_rate(lr, update, drops)
             x, q = model.tensor(x[local]), torch.from_numpy(rows(targets, idx[local])).to(device)
             if head is None:
@@ -357,14 +365,13 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
                     features = net.features(net.bn_data(x))
                     logits = net.output(features)
                 workers, labels = (torch.from_numpy(a[idx[local]]).to(device) for a in crowd[1:])
-                per_item = crowd_loss(head, logits, features, workers, labels)
+                per_item = crowd_loss(head, logits, x.float().flatten(1) if image else features, workers, labels)
                 log_probs = F.log_softmax(logits.float(), dim=1)
-                head_optimizer.zero_grad(set_to_none=True)
-            optimizer.zero_grad(set_to_none=True)
+            for each in (optimizer, head_optimizer) if head_optimizer else (optimizer,):
+                each.zero_grad(set_to_none=True)
             per_item.mean().backward()
-            optimizer.step()
-            if head is not None:
-                head_optimizer.step()
+            for each in (optimizer, head_optimizer) if head_optimizer else (optimizer,):
+                each.step()
             with torch.no_grad():
                 has_target = q.sum(dim=1) > 0
                 totals += torch.stack([per_item.sum(), ((log_probs.argmax(1) == q.argmax(1)) & has_target).sum(),
@@ -375,12 +382,14 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
         if world > 1:  # one set of BatchNorm statistics for evaluation: rank 0's
             for buffer in net.buffers():
                 dist.broadcast(buffer, 0)
-        log.end(loss_sum, correct, seen, update, learning_rate(lr, update, drops), steps * batch_size,
+        rate = learning_rate(lr, update, drops) if scheduled else head.LR
+        log.end(loss_sum, correct, seen, update, rate, steps * batch_size,
                 lambda x, y: accuracy(model, x, y), lambda: copy.deepcopy(net.state_dict()))
         if checkpoint is not None and rank == 0 and epoch + 1 < epochs:
             state = {"net": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
                      "torch_rng": torch.get_rng_state(), "update": update, "log": log.state(),
-                     **({"head": head.state_dict(), "head_optimizer": head_optimizer.state_dict()} if head else {})}
+                     **({"head": head.state_dict()} if head else {}),
+                     **({"head_optimizer": head_optimizer.state_dict()} if head_optimizer else {})}
             log.keep(checkpoint, functools.partial(save_checkpoint, checkpoint, state))
     if checkpoint is not None and rank == 0 and os.path.exists(checkpoint.path):
         os.remove(checkpoint.path)

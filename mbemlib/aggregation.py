@@ -28,7 +28,8 @@ class Method:
 
     title: str  # what a table or figure calls it
     seed: int  # its own random stream (MV's tie-breaks), fixed here so that reordering a table changes no result
-    needs: str  # what makes its targets: labels, model, true confusions, true labels, or library (crowd_methods.py)
+    needs: str  # what makes its targets: labels, model, true confusions, true labels, or, from the optional
+    # libraries (crowd_methods.py), library (a consensus) or crowd head (trained end to end on every label)
     min_redundancy: int = 1  # the fewest labels per item it runs with
 
 
@@ -41,12 +42,13 @@ REGISTRY = {
     "oracle": Method("oracle confusions", 4, "true confusions"),
     "clean": Method("clean labels", 5, "true labels"),
     "crowdlab": Method("CROWDLAB", 6, "library", min_redundancy=2),  # cleanlab refuses items with one label
-    "crowdlayer": Method("Crowd Layer", 7, "library"),
-    "conal": Method("CoNAL", 8, "library"),
+    "crowdlayer": Method("Crowd Layer", 7, "crowd head"),
+    "conal": Method("CoNAL", 8, "crowd head"),
 }
 METHODS = {name: method.title for name, method in REGISTRY.items()}  # name: what a report calls it
 LABEL_ONLY = tuple(name for name, method in REGISTRY.items() if method.needs == "labels")  # `aggregate`'s
-FIELD = tuple(name for name, method in REGISTRY.items() if method.needs == "library")  # optional libraries
+END_TO_END = tuple(name for name, method in REGISTRY.items() if method.needs == "crowd head")  # the torch trainer's
+FIELD = tuple(name for name, method in REGISTRY.items() if method.needs == "library") + END_TO_END  # optional libraries
 ALIASES = {"ds": "em"}  # Dawid-Skene, as crowd-kit names label-only EM
 
 

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the universal spelling)
 from torch import nn
 
-END_TO_END = ("crowdlayer", "conal")  # trained on every (item, worker, label): the torch trainer only
 LIBRARY = {"crowdlab": "cleanlab", "crowdlayer": "crowdkit", "conal": "crowdkit"}
 CONAL_SEPARATION = 1e-5  # the authors' weight on sum_a ||W_a - W_c|| (subtracted from the loss)
 
@@ -150,17 +149,20 @@ class ConalHead(nn.Module):
     init 2 I, mixed by omega and read as logits; the loss pushes each W_a away from W_c. The
     parameters and omega's module are crowd-kit's; its forward differs (it normalises only the
     workers' matrices, takes their log, and mixes that log-probability with the common branch's
-    raw scores) and has no separation term, so this head computes the mixture itself. The item's
-    embedding is the network's pooled features (the authors feed their input: VGG features). The
+    raw scores) and has no separation term, so this head computes the mixture itself. Omega reads
+    the network's pooled features (omega="features", its gradient flowing into the network) or, as
+    the authors' code does, the flattened input image (omega="image": with their VGG-16 backbone
+    omega never sees the backbone; on LabelMe their input is precomputed VGG features). The
     matrices and omega's layers learn with Adam at the authors' rate."""
 
     LR = 1e-2
 
-    def __init__(self, K, m):
+    def __init__(self, K, m, omega="features"):
         super().__init__()
         from crowdkit.learning import CoNAL
 
         self.conal = CoNAL(K, m)
+        self.omega_input = omega  # what the trainer passes as `features`: the pooled features, or the image
 
     def forward(self, logits, features, workers):
         p = torch.softmax(logits, dim=1)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from importlib.util import find_spec
 
 import noise_sim
-from mbemlib.aggregation import FIELD, METHODS, canonical, runs_at
+from mbemlib.aggregation import END_TO_END, FIELD, METHODS, canonical, runs_at
 from mbemlib.cli import INSTALL, Parser, csv_list, number, output_problem
 from mbemlib.pipeline import gpu_ids, stages
 
@@ -92,6 +92,13 @@ SETTINGS = (
     Setting("class_prior", False, "use the class prior q in MBEM's E-step (the paper's Algorithm 1; the release has "
             "none); with a weak bootstrap model q imports its errors (docs/reproducing.md: results/cpu-rounds)",
             switch=True),
+    # the field's end-to-end methods (crowd_methods.py; docs/beyond-mbem.md)
+    Setting("crowd_optimizer", "release", "crowdlayer, conal: release (the network on the release's NAG schedule, "
+            "the crowd head with Adam at its authors' rate) or authors (the whole network and head with Adam at the "
+            "authors' rate, constant: Crowd Layer 1e-3, CoNAL 1e-2)", choices=("release", "authors")),
+    Setting("conal_omega", "features", "conal: what omega, each label's weight on the common confusion, reads: "
+            "features (the network's pooled features, its gradient flowing into the network) or image (the "
+            "flattened input image, as the authors' code with a backbone has it)", choices=("features", "image")),
     # the network and its training (the release's recipe itself is pipeline.py's)
     Setting("backend", "mxnet", "the trainer: MXNet (resnet.py, the release's framework) or PyTorch (resnet_torch.py)",
             choices=("mxnet", "torch")),
@@ -314,6 +321,10 @@ def check(p, config, args):
         p.error(f"{flags(idle)}: for simulated workers only; with --annotations the workers are real")
     if config.dataset != "imagenet" and (idle := {"image_size", "loader_workers"} & given):
         p.error(f"{flags(idle)}: for --dataset imagenet's streamed images only")
+    if (idle := {"crowd_optimizer", "conal_omega"} & given) and not set(END_TO_END) & set(config.algorithms):
+        p.error(f"{flags(idle)}: for --algorithms {','.join(END_TO_END)} only")
+    if "conal_omega" in given and "conal" not in config.algorithms:
+        p.error("--conal-omega: for --algorithms conal only")
     if config.redundancy and not config.budget:
         p.error("--redundancy needs --budget")
     if config.dataset in ("folder", "imagenet") and not config.source:
@@ -363,7 +374,7 @@ def check_field(p, config, cells):
     chosen = [a for a in config.algorithms if a in FIELD]
     if not chosen:
         return
-    from mbemlib.crowd_methods import END_TO_END, missing  # torch with it: only for these methods
+    from mbemlib.crowd_methods import missing  # torch with it: only for these methods
 
     if problem := missing(chosen):
         p.error(problem)

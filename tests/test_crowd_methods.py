@@ -152,6 +152,56 @@ def test_training_through_a_pass_through_head_is_plain_training(slots):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
 
 
+def test_the_authors_optimizer_is_adam_over_network_and_head_at_a_constant_rate(monkeypatch):
+    """--crowd-optimizer authors: one Adam over every parameter of the network and the head, at the
+    head's rate, never dropped; release: NAG on the network's schedule, Adam on the head alone."""
+    import resnet_torch
+
+    made = []
+
+    class Recording(torch.optim.Adam):
+        def __init__(self, params, lr):
+            params = list(params)
+            made.append(({id(p) for p in params}, lr))
+            super().__init__(params, lr=lr)
+
+    monkeypatch.setattr(resnet_torch.torch.optim, "Adam", Recording)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 3, 8, 8), dtype=np.uint8)
+    labels = rng.integers(0, 3, (8, 1))
+    options = dict(depth=8, epochs=6, batch_size=4, lr=0.1, pad=0, progress=False)
+    for choice in ("authors", "release"):
+        made.clear()
+        head = LogitsHead()
+        model, history = resnet_torch.train(images, np.eye(3)[labels[:, 0]], 3, crowd=(head, np.zeros_like(labels),
+                                            labels), crowd_optimizer=choice, **options)
+        everything = {id(p) for p in model.net.parameters()} | {id(head.unused)}
+        if choice == "authors":
+            assert made == [(everything, head.LR)]
+            assert [h["lr"] for h in history] == [head.LR] * 6  # the release's drops at 2/3 and 5/6 do not apply
+        else:
+            assert made == [({id(head.unused)}, head.LR)]
+            assert history[0]["lr"] == 0.1 and history[-1]["lr"] == pytest.approx(0.001)
+
+
+@needs_crowdkit
+def test_conals_omega_reads_the_image_or_the_features():
+    """omega="image" (the authors' code): the trainer hands the head the flattened image, so omega's
+    layers are sized to it and no gradient from omega reaches the network; "features" (the default):
+    the pooled features."""
+    import resnet_torch
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 3, 8, 8), dtype=np.uint8)
+    labels = rng.integers(0, 3, (8, 2))
+    options = dict(depth=8, epochs=1, batch_size=4, pad=0, progress=False)
+    for omega, width in (("image", 3 * 8 * 8), ("features", None)):
+        head = crowd_methods.ConalHead(3, 2, omega=omega)
+        model, _ = resnet_torch.train(images, np.eye(3)[labels[:, 0]], 3, crowd=(head, np.zeros_like(labels), labels),
+                                      **options)
+        assert head.conal.diff_linear_1.in_features == (width or model.net.output.in_features)  # omega's first layer
+
+
 # ----------------------------------------------------------------------------- MBEM.py
 
 @pytest.mark.slow
@@ -181,6 +231,9 @@ def test_each_method_on_digits_end_to_end(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--algorithms", "crowdlab", "--redundancy", "1"], "cleanlab's CROWDLAB needs items with two labels or more"),
     (["--algorithms", "mv,conal", "--backend", "mxnet"], "--algorithms conal train end to end on the torch trainer"),
+    (["--algorithms", "mv,mbem", "--crowd-optimizer", "authors"], "--crowd-optimizer: for --algorithms crowdlayer,"),
+    (["--algorithms", "crowdlayer", "--backend", "torch", "--conal-omega", "image"], "--conal-omega: for --algorithms "
+     "conal only"),
 ])
 def test_the_field_is_refused_in_one_line_where_it_cannot_run(tmp_path, flags, message, capsys, monkeypatch):
     """The rules themselves, whether or not the optional libraries are installed here (that they are
