@@ -265,7 +265,9 @@ class Experiment:
         targets count the training accuracy only, and the labels it infers are the network's own."""
         from mbemlib import crowd_methods
 
-        options = {"omega": self.config.conal_omega} if cell.algorithm == "conal" else {}
+        c = self.config
+        options = {"optimizer": c.conal_optimizer, "omega": c.conal_omega} if cell.algorithm == "conal" else \
+            {"optimizer": c.crowdlayer_optimizer}
         module = crowd_methods.HEADS[cell.algorithm](self.K, cell.ann.m, **options)
         trained = fit(agg.weighted_majority_vote(cell.ann), cell.algorithm,
                       crowd=(module, *crowd_methods.padded(cell.ann)))
@@ -330,7 +332,6 @@ class Experiment:
             head, workers, labels = crowd
             pad = np.full((len(images) - len(items), workers.shape[1]), -1)
             options["crowd"] = (head, np.concatenate([workers, pad]), np.concatenate([labels, pad]))
-            options["crowd_optimizer"] = c.crowd_optimizer
         history = []
         for stage in range(2 if c.two_stage else 1):
             checkpoint = self.checkpoint(f"{tag} n {len(items)} stage {stage + 1}", seed, items, targets, crowd)
@@ -347,7 +348,7 @@ class Experiment:
                                      compile=c.compile, desc=f"{tag} stage {stage + 1}", checkpoint=checkpoint,
                                      epoch_log=self.epoch_log, **options)
             history += [dict(record, stage=stage + 1) for record in h]
-            options.pop("crowd", None), options.pop("crowd_optimizer", None)  # a second stage: the first's predictions
+            options.pop("crowd", None)  # a second stage trains on the first's predictions
             augment = {"pad": c.augment_pad, "rng": np.random.default_rng([seed, stage])} if c.predict_augmented else {}
             train_probs = trainer.predict_proba(model, labelled, columns=grouped and grouped.columns, **augment)
             targets = agg.one_hot(train_probs.argmax(axis=1), train_probs.shape[1])  # the second stage's targets

@@ -38,8 +38,9 @@ CIFAR10N_CSV = "data/cifar10n-jpeg.csv"
 @dataclass(frozen=True)
 class Folder:
     """One results folder: MBEM.py's flags beyond the dataset's, its precision, and what it starts
-    from: `bootstrap` names a folder whose saved WMV models at r = 1 it copies (the same labels and
-    training, so MBEM alone retrains only its own rounds; MBEM.py checks their labels' digest)."""
+    from: `bootstrap` names a folder whose saved WMV models at its --redundancy it copies (the same
+    labels and training, so MBEM alone retrains only its own rounds; MBEM.py checks their labels'
+    digest)."""
 
     out: str
     flags: tuple
@@ -47,12 +48,18 @@ class Folder:
     bootstrap: str = None
     annotations: bool = False  # CIFAR-10N's real labels: cifar10n.py writes CIFAR10N_CSV first
 
+    def redundancies(self):
+        """The redundancies its flags sweep (--redundancy), whose WMV bootstraps it copies."""
+        return self.flags[self.flags.index("--redundancy") + 1].split(",")
+
     def command(self, source, extra=()):
         return [sys.executable, "MBEM.py", "--dataset", "folder", "--source", source,
                 "--precision", self.precision, "--no-compile", *self.flags, "--out", self.out, *extra]
 
 
 MBEM_R1 = ("--preset", "cpu", "--algorithms", "mbem", "--redundancy", "1")
+# How Crowd Layer and CoNAL train: bench/crowd_sweep.py's choice on noisy validation labels.
+CROWD = ("--crowdlayer-optimizer", "authors", "--conal-optimizer", "release", "--conal-omega", "features")
 # The order is the order of the questions: the first panel and its variants (finished), the oracle
 # (is the bootstrap model what claim 2 lacks?), Algorithm 1's T and q and a corrected M-step, then
 # the paper's other panels.
@@ -68,9 +75,23 @@ QUEUE = (
     # T = 3 without q, as it asks whether MBEM can come within reach of the oracle at all
     Folder("results/cpu-one-coin", (*MBEM_R1, "--mbem-step", "one-coin"), "bf16", bootstrap="results/cpu"),
     Folder("results/cpu-T3", (*MBEM_R1, "--rounds", "2", "--no-class-prior"), "bf16", bootstrap="results/cpu"),
+    # the one-coin step where it is cheap to try next: three labels per item, and real workers
+    Folder("results/cpu-one-coin-r3", ("--preset", "cpu", "--algorithms", "mbem", "--redundancy", "3",
+                                       "--mbem-step", "one-coin"), "bf16", bootstrap="results/cpu"),
+    Folder("results/cifar10n-one-coin", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV, "--algorithms", "mbem",
+                                         "--redundancy", "1", "--mbem-step", "one-coin"), "bf16",
+           bootstrap="results/cifar10n", annotations=True),
     Folder("results/class-wise-gamma0.2", ("--preset", "cpu", "--worker-model", "class-wise"), "bf16"),
     Folder("results/class-wise-gamma0.6", ("--preset", "cpu", "--worker-model", "class-wise", "--gamma", "0.6"),
            "bf16"),
+    # the field's methods on results/cpu's labels and CIFAR-10N's, trained as bench/crowd_sweep.py chose
+    # (docs/beyond-mbem.md); Crowd Layer and CoNAL once more for as many epochs as MBEM's two trainings
+    Folder("results/field-cpu", ("--preset", "cpu", "--algorithms", "crowdlab,crowdlayer,conal", "--redundancy", "1,3",
+                                 *CROWD), "bf16"),
+    Folder("results/field-cifar10n", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV, "--algorithms",
+                                      "crowdlayer,conal", "--redundancy", "1", *CROWD), "bf16", annotations=True),
+    Folder("results/field-cpu-20-epochs", ("--preset", "cpu", "--algorithms", "crowdlayer,conal", "--redundancy", "1",
+                                           "--epochs", "20", *CROWD), "bf16"),
     # its first cells were made in fp32 on an AVX2 CPU: a CPU without native bf16 advances it
     Folder("results/hammer-spammer-gamma0.6", ("--preset", "cpu", "--gamma", "0.6"), "fp32"),
 )
@@ -91,6 +112,21 @@ QUESTIONS = (
     ("one-coin MBEM r=1 - oracle r=1", ("results/cpu-one-coin", "mbem", 1), ("results/cpu-oracle", "oracle", 1)),
     ("one-coin MBEM r=1 - label-only EM r=3", ("results/cpu-one-coin", "mbem", 1), ("results/cpu", "em", 3)),
     ("one-coin MBEM r=1 - label-only EM r=5", ("results/cpu-one-coin", "mbem", 1), ("results/cpu", "em", 5)),
+    ("one-coin MBEM - the release's MBEM, r=3", ("results/cpu-one-coin-r3", "mbem", 3), ("results/cpu", "mbem", 3)),
+    ("one-coin MBEM r=3 - oracle r=3", ("results/cpu-one-coin-r3", "mbem", 3), ("results/cpu-oracle", "oracle", 3)),
+    ("one-coin MBEM - the release's MBEM, CIFAR-10N r=1", ("results/cifar10n-one-coin", "mbem", 1),
+     ("results/cifar10n", "mbem", 1)),
+    ("one-coin MBEM - MV, CIFAR-10N r=1", ("results/cifar10n-one-coin", "mbem", 1), ("results/cifar10n", "mv", 1)),
+    *((f"{name} - MBEM, r={r}", ("results/field-cpu", method, r), ("results/cpu", "mbem", r))
+      for method, name in (("crowdlab", "CROWDLAB"), ("crowdlayer", "Crowd Layer"), ("conal", "CoNAL"))
+      for r in (1, 3) if not (method == "crowdlab" and r == 1)),
+    *((f"{name} - MV, r={r}", ("results/field-cpu", method, r), ("results/cpu", "mv", r))
+      for method, name in (("crowdlab", "CROWDLAB"), ("crowdlayer", "Crowd Layer"), ("conal", "CoNAL"))
+      for r in (1, 3) if not (method == "crowdlab" and r == 1)),
+    *((f"{name}, 20 epochs - MBEM, r=1", ("results/field-cpu-20-epochs", method, 1), ("results/cpu", "mbem", 1))
+      for method, name in (("crowdlayer", "Crowd Layer"), ("conal", "CoNAL"))),
+    *((f"{name} - {base.upper()}, CIFAR-10N r=1", ("results/field-cifar10n", method, 1), ("results/cifar10n", base, 1))
+      for method, name in (("crowdlayer", "Crowd Layer"), ("conal", "CoNAL")) for base in ("mbem", "mv")),
 )
 
 
@@ -146,7 +182,8 @@ def prepare(folder):
     if folder.bootstrap:
         target = os.path.join(ROOT, folder.out, "bootstrap")
         os.makedirs(target, exist_ok=True)
-        for path in glob.glob(os.path.join(ROOT, folder.bootstrap, "bootstrap", "wmv-seed*-r1-*.npz")):
+        for path in (p for r in folder.redundancies()
+                     for p in glob.glob(os.path.join(ROOT, folder.bootstrap, "bootstrap", f"wmv-seed*-r{r}-*.npz"))):
             if not os.path.exists(os.path.join(target, os.path.basename(path))):
                 shutil.copy2(path, target)
     if folder.annotations and not os.path.exists(os.path.join(ROOT, CIFAR10N_CSV)):

@@ -231,20 +231,21 @@ def accuracy(model, images, labels, batch_size=500):
 def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
           select_epoch="last", val=None, test=None, pad=4, shuffle=True, precision="fp32", compile=False,
           progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS, crowd=None, checkpoint=None,
-          epoch_log=None, crowd_optimizer="release"):
-    """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image that
-    only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
+          epoch_log=None):
+    """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image
+    that only passes through: no gradient, but BatchNorm statistics, weight decay and momentum).
 
     lr None: pipeline.base_lr. select_epoch: see pipeline.Epochs. `pad` is the augmentation's
-    padding (0: no augmentation); shuffle=False keeps one batch order for every epoch (the release).
-    Only full batches are trained on. devices: explicit contexts (tests run the multi-device path on
-    CPU contexts). `crowd` (end-to-end crowd heads) and its `crowd_optimizer` are the torch
-    trainer's alone. checkpoint (a pipeline.Checkpoint) keeps the state after each epoch and resumes
-    from it: the weights, the optimizer's momentum and update count (its learning-rate position),
-    the batch order's random state and the record. MXNet's oneDNN kernels are not deterministic, so
-    a resumed training ends as close to an uninterrupted one as two uninterrupted runs are to each
+    padding (0: no augmentation); shuffle=False keeps one batch order for every epoch (the
+    release). Only full batches are trained on. devices: explicit contexts (tests run the
+    multi-device path on CPU contexts). `crowd` (end-to-end crowd heads) is the torch trainer's
+    alone. checkpoint (a pipeline.Checkpoint) keeps the state after each epoch and resumes from it:
+    the weights, the optimizer's momentum and update count (its learning-rate position), the
+    batch order's random state and the record. MXNet's oneDNN kernels are not deterministic, so a
+    resumed training ends as close to an uninterrupted one as two uninterrupted runs are to each
     other (docs/backends.md). epoch_log (a pipeline.EpochLog) takes the per-epoch lines (else the
-    screen). Returns (model, history), history as pipeline.Epochs keeps it."""
+    screen). Returns (model, history), history as pipeline.Epochs keeps it.
+    """
     if crowd is not None:
         raise ValueError("crowd heads (Crowd Layer, CoNAL) train on the torch trainer: --backend torch")
     batch_size = min(batch_size, len(images))

@@ -290,16 +290,16 @@ def nag(net, lr):
 def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None, gpus=None, seed=0,
           select_epoch="last", val=None, test=None, pad=4, shuffle=True, precision="fp32", compile=False,
           progress=True, desc="train", devices=None, imagenet=False, milestones=DROPS, crowd=None, checkpoint=None,
-          epoch_log=None, crowd_optimizer="release"):
+          epoch_log=None):
     """Train the release's ResNet on soft targets (n x K rows summing to 1, or to 0 for an image that
     only passes through: no gradient, but BatchNorm statistics, weight decay and momentum). The
     arguments are resnet.train's; precision 'bf16' autocasts, compile runs torch.compile. crowd =
     (head, workers, labels) trains end to end on every label instead (Crowd Layer, CoNAL:
     mbemlib/crowd_methods.py): the head maps the network's output to each worker's answer, and
     workers and labels (n x slots, -1 for none) give each image's labels; the targets then only
-    count the training accuracy; crowd_optimizer "release" keeps the network on the release's NAG
-    schedule and trains the head with Adam at its rate, "authors" trains both with Adam at the
-    head's rate, constant, as the methods' authors do. checkpoint (a pipeline.Checkpoint) keeps the
+    count the training accuracy; the head's `optimizer` "release" (the default) keeps the network
+    on the release's NAG schedule and trains the head with Adam at its LR, "authors" trains both
+    with Adam at the head's LR, constant, as the methods' authors do. checkpoint (a pipeline.Checkpoint) keeps the
     whole state after each epoch and resumes from it: the weights, both optimizers, the epoch's
     random states and the record, so that a resumed training ends bit for bit where an uninterrupted
     one does (on the CPU; on a GPU as far as its kernels are deterministic). epoch_log (a
@@ -326,7 +326,7 @@ def train(images, targets, classes, depth=20, epochs=60, batch_size=500, lr=None
         with torch.no_grad():  # one pass materialises lazy layers (crowd-kit's CoNAL) before Adam takes them
             head(torch.zeros(1, classes, device=device), torch.zeros(1, embedding, device=device),
                  torch.zeros(1, 1, dtype=torch.long, device=device))
-        if crowd_optimizer == "authors":  # everything with Adam at the authors' rate, never scheduled
+        if getattr(head, "optimizer", "release") == "authors":  # everything with Adam at the authors' rate
             optimizer, scheduled = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=head.LR), False
         else:  # the crowd matrices learn as their papers train them (Adam, the head's LR); the network keeps NAG
             head_optimizer = torch.optim.Adam(head.parameters(), lr=head.LR)

@@ -7,7 +7,7 @@ by the error against noisy labels on held-out items (never the test set).
 The setting is the `cpu` preset's shrunk: 100 hammer-spammer workers (gamma 0.2) drawn as MBEM.py
 draws them, the first --items images of MBEM.py's fixed shuffle labelled once each, the next
 --val-items labelled once each by the same workers as the validation split, ResNet-20, batch 128.
-Each method trains with each --crowd-optimizer (MBEM.py's flag; resnet_torch.train):
+Each method trains with each optimizer (MBEM.py's --crowdlayer-optimizer, --conal-optimizer):
   release   the network on the release's NAG schedule, the crowd head with Adam at its authors'
             rate (Crowd Layer 1e-3, CoNAL 1e-2);
   authors   the whole network and head with Adam at the authors' rate, constant.
@@ -57,9 +57,9 @@ def run(trainer, ds, items, ann, val, workers, method, optimizer, omega, options
         model, history = trainer.train(images, targets, K, val=val, seed=seed, **options)
         mae = None
     else:
-        head = crowd_methods.HEADS[method](K, ann.m, **({"omega": omega} if method == "conal" else {}))
+        head = crowd_methods.HEADS[method](K, ann.m, optimizer, **({"omega": omega} if method == "conal" else {}))
         model, history = trainer.train(images, agg.weighted_majority_vote(ann), K, val=val, seed=seed,
-                                       crowd=(head, *crowd_methods.padded(ann)), crowd_optimizer=optimizer, **options)
+                                       crowd=(head, *crowd_methods.padded(ann)), **options)
         active = np.bincount(ann.workers, minlength=ann.m) > 0
         mae = float(np.abs(agg.worker_accuracy(head.confusions()) - agg.worker_accuracy(workers))[active].mean())
     test = trainer.accuracy(model, ds.test_images, ds.test_labels)
@@ -116,7 +116,7 @@ def main(argv=None):
         mean = {(o, w): np.mean([r[4] for r in rows if r[:3] == (method, o, w)])
                 for _, o, w in {(m, o, w) for m, o, w in runs if m == method}}
         (optimizer, omega), err = min(mean.items(), key=lambda kv: kv[1])
-        print(f"choice for {method}: --crowd-optimizer {optimizer}"
+        print(f"choice for {method}: --{method}-optimizer {optimizer}"
               f"{f' --conal-omega {omega}' if method == 'conal' else ''} (mean validation error {err:.4f})")
     return 0
 

@@ -121,15 +121,17 @@ def crowd_loss(module, logits, features, workers, labels):
 class CrowdLayerHead(nn.Module):
     """Crowd Layer 'MW' as the paper and its authors' Keras code apply it: on the softmax output p,
     not on the logits (crowd-kit's module multiplies whatever it is given). Its matrices learn with
-    Adam at Keras's default rate, as the authors' demos train them."""
+    Adam at Keras's default rate, as the authors' demos train them; with optimizer="authors" the
+    whole network does too (resnet_torch.train)."""
 
     LR = 1e-3
 
-    def __init__(self, K, m):
+    def __init__(self, K, m, optimizer="release"):
         super().__init__()
         from crowdkit.learning import CrowdLayer
 
         self.layer = CrowdLayer(K, m, conn_type="mw")
+        self.optimizer = optimizer  # how resnet_torch.train trains it with the network: release or authors
 
     def forward(self, logits, features, workers):  # workers: items x slots
         p = torch.softmax(logits, dim=1)
@@ -153,15 +155,17 @@ class ConalHead(nn.Module):
     the network's pooled features (omega="features", its gradient flowing into the network) or, as
     the authors' code does, the flattened input image (omega="image": with their VGG-16 backbone
     omega never sees the backbone; on LabelMe their input is precomputed VGG features). The
-    matrices and omega's layers learn with Adam at the authors' rate."""
+    matrices and omega's layers learn with Adam at the authors' rate; with optimizer="authors" the
+    whole network does too (resnet_torch.train)."""
 
     LR = 1e-2
 
-    def __init__(self, K, m, omega="features"):
+    def __init__(self, K, m, optimizer="release", omega="features"):
         super().__init__()
         from crowdkit.learning import CoNAL
 
         self.conal = CoNAL(K, m)
+        self.optimizer = optimizer  # how resnet_torch.train trains it with the network: release or authors
         self.omega_input = omega  # what the trainer passes as `features`: the pooled features, or the image
 
     def forward(self, logits, features, workers):

@@ -93,9 +93,12 @@ SETTINGS = (
             "none); with a weak bootstrap model q imports its errors (docs/reproducing.md: results/cpu-rounds)",
             switch=True),
     # the field's end-to-end methods (crowd_methods.py; docs/beyond-mbem.md)
-    Setting("crowd_optimizer", "release", "crowdlayer, conal: release (the network on the release's NAG schedule, "
-            "the crowd head with Adam at its authors' rate) or authors (the whole network and head with Adam at the "
-            "authors' rate, constant: Crowd Layer 1e-3, CoNAL 1e-2)", choices=("release", "authors")),
+    Setting("crowdlayer_optimizer", "release", "crowdlayer: release (the network on the release's NAG schedule, "
+            "the crowd matrices with Adam at the authors' 1e-3) or authors (the whole network and the matrices with "
+            "Adam at 1e-3, constant, as the authors train it)", choices=("release", "authors")),
+    Setting("conal_optimizer", "release", "conal: release (the network on the release's NAG schedule, the crowd "
+            "matrices and omega with Adam at the authors' 1e-2) or authors (everything with Adam at 1e-2, constant)",
+            choices=("release", "authors")),
     Setting("conal_omega", "features", "conal: what omega, each label's weight on the common confusion, reads: "
             "features (the network's pooled features, its gradient flowing into the network) or image (the "
             "flattened input image, as the authors' code with a backbone has it)", choices=("features", "image")),
@@ -321,10 +324,10 @@ def check(p, config, args):
         p.error(f"{flags(idle)}: for simulated workers only; with --annotations the workers are real")
     if config.dataset != "imagenet" and (idle := {"image_size", "loader_workers"} & given):
         p.error(f"{flags(idle)}: for --dataset imagenet's streamed images only")
-    if (idle := {"crowd_optimizer", "conal_omega"} & given) and not set(END_TO_END) & set(config.algorithms):
-        p.error(f"{flags(idle)}: for --algorithms {','.join(END_TO_END)} only")
-    if "conal_omega" in given and "conal" not in config.algorithms:
-        p.error("--conal-omega: for --algorithms conal only")
+    for method in END_TO_END:  # each end-to-end method's own training flags
+        if (idle := {s.name for s in SETTINGS if s.name.startswith(method + "_")} & given) and \
+                method not in config.algorithms:
+            p.error(f"{flags(idle)}: for --algorithms {method} only")
     if config.redundancy and not config.budget:
         p.error("--redundancy needs --budget")
     if config.dataset in ("folder", "imagenet") and not config.source:

@@ -153,8 +153,9 @@ def test_training_through_a_pass_through_head_is_plain_training(slots):
 
 
 def test_the_authors_optimizer_is_adam_over_network_and_head_at_a_constant_rate(monkeypatch):
-    """--crowd-optimizer authors: one Adam over every parameter of the network and the head, at the
-    head's rate, never dropped; release: NAG on the network's schedule, Adam on the head alone."""
+    """A head's optimizer "authors" (--crowdlayer-optimizer, --conal-optimizer): one Adam over every
+    parameter of the network and the head, at the head's rate, never dropped; "release": NAG on the
+    network's schedule, Adam on the head alone."""
     import resnet_torch
 
     made = []
@@ -173,8 +174,9 @@ def test_the_authors_optimizer_is_adam_over_network_and_head_at_a_constant_rate(
     for choice in ("authors", "release"):
         made.clear()
         head = LogitsHead()
+        head.optimizer = choice
         model, history = resnet_torch.train(images, np.eye(3)[labels[:, 0]], 3, crowd=(head, np.zeros_like(labels),
-                                            labels), crowd_optimizer=choice, **options)
+                                            labels), **options)
         everything = {id(p) for p in model.net.parameters()} | {id(head.unused)}
         if choice == "authors":
             assert made == [(everything, head.LR)]
@@ -231,7 +233,8 @@ def test_each_method_on_digits_end_to_end(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--algorithms", "crowdlab", "--redundancy", "1"], "cleanlab's CROWDLAB needs items with two labels or more"),
     (["--algorithms", "mv,conal", "--backend", "mxnet"], "--algorithms conal train end to end on the torch trainer"),
-    (["--algorithms", "mv,mbem", "--crowd-optimizer", "authors"], "--crowd-optimizer: for --algorithms crowdlayer,"),
+    (["--algorithms", "mv,mbem", "--crowdlayer-optimizer", "authors"], "--crowdlayer-optimizer: for --algorithms "
+     "crowdlayer only"),
     (["--algorithms", "crowdlayer", "--backend", "torch", "--conal-omega", "image"], "--conal-omega: for --algorithms "
      "conal only"),
 ])
