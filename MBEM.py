@@ -133,7 +133,6 @@ class Made:
     extra: dict = field(default_factory=dict)
 
 
-
 class Experiment:
     """Everything one run shares: the data, the split, the labels (simulated or real), the plan of
     (r, n) cells, the models trained so far."""

@@ -2,8 +2,8 @@
 one), and scikit-learn's bundled digits. Every loader returns a `Dataset` of uint8 N x C x H x W
 images, int64 labels and class names.
 
-The data folder is `--data-dir`, else $MBEM_DATA, else `data/` beside this file. Decoded
-class-folder trees are cached there as .npz, keyed by the source's checksum, so a second load of
+The data folder is `--data-dir`, else $MBEM_DATA, else the checkout's `data/` (beside MBEM.py).
+Decoded class-folder trees are cached there as .npz, keyed by the source's checksum, so a second load of
 the 60,000 CIFAR JPEGs takes well under a second.
 """
 
@@ -40,7 +40,7 @@ class Dataset:
 
 
 def data_dir(path=None):
-    """The data folder: the argument, else $MBEM_DATA, else data/ beside this file."""
+    """The data folder: the argument, else $MBEM_DATA, else the checkout's data/ (mbemlib.ROOT)."""
     path = path or os.environ.get("MBEM_DATA") or os.path.join(ROOT, "data")
     os.makedirs(path, exist_ok=True)
     return path
