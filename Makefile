@@ -1,6 +1,6 @@
 # make setup | make test | make test-fast | make demo | make bench | make results | make results-status
 # make setup-torch | make test-torch: a second environment, PyTorch with numpy 2 and no MXNet
-# make extras: the optional libraries of the field's methods (crowd_methods.py) in the first
+# make extras: the optional libraries of the field's methods (mbemlib/crowd_methods.py) in the first
 PY := python3.11
 # PyTorch for --backend torch: the CPU build by default; a GPU machine overrides it, e.g.
 #   make setup TORCH=torch==2.13.0   (PyPI's Linux wheel of torch is the CUDA build)

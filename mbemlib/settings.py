@@ -92,7 +92,7 @@ SETTINGS = (
     Setting("class_prior", False, "use the class prior q in MBEM's E-step (the paper's Algorithm 1; the release has "
             "none); with a weak bootstrap model q imports its errors (docs/reproducing.md: results/cpu-rounds)",
             switch=True),
-    # the field's end-to-end methods (crowd_methods.py; docs/beyond-mbem.md)
+    # the field's end-to-end methods (mbemlib/crowd_methods.py; docs/beyond-mbem.md)
     Setting("crowdlayer_optimizer", "release", "crowdlayer: release (the network on the release's NAG schedule, "
             "the crowd matrices with Adam at the authors' 1e-3) or authors (the whole network and the matrices with "
             "Adam at 1e-3, constant, as the authors train it)", choices=("release", "authors")),
