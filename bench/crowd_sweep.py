@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 import MBEM
 import noise_sim
 from mbemlib import aggregation as agg
-from mbemlib import settings
+from mbemlib import report, settings
 
 
 def crowd(seed, truth, items, val_items, workers, K):
@@ -53,15 +53,15 @@ def run(trainer, ds, items, ann, val, workers, method, optimizer, omega, options
     start, K = time.perf_counter(), ann.K
     images = ds.train_images[items]
     if method == "mv":
-        targets = agg.one_hot(agg.majority_vote(ann, np.random.default_rng([seed, 1, len(items), 0])), K)
+        rng = np.random.default_rng([seed, 1, len(items), agg.REGISTRY["mv"].seed])  # as MBEM.py's MV cell
+        targets = agg.one_hot(agg.majority_vote(ann, rng), K)
         model, history = trainer.train(images, targets, K, val=val, seed=seed, **options)
         mae = None
     else:
         head = crowd_methods.HEADS[method](K, ann.m, optimizer, **({"omega": omega} if method == "conal" else {}))
         model, history = trainer.train(images, agg.weighted_majority_vote(ann), K, val=val, seed=seed,
                                        crowd=(head, *crowd_methods.padded(ann)), **options)
-        active = np.bincount(ann.workers, minlength=ann.m) > 0
-        mae = float(np.abs(agg.worker_accuracy(head.confusions()) - agg.worker_accuracy(workers))[active].mean())
+        mae = report.worker_fields(ann, head.confusions(), agg.worker_accuracy(workers))["worker_accuracy_mae"]
     test = trainer.accuracy(model, ds.test_images, ds.test_labels)
     return 1 - history[-1]["val_acc"], 1 - test, mae, time.perf_counter() - start
 
