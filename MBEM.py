@@ -55,6 +55,10 @@ class Trained:
 
 # ----------------------------------------------------------------------------- the paper's algorithm
 
+# MBEM's M-steps corrected for the model's own errors (docs/worker-estimates.md), by --mbem-step
+CORRECTED_STEPS = {"one-coin": agg.one_coin_step, "per-class-coin": agg.per_class_coin_step}
+
+
 def mbem(ann, bootstrap, train, rounds=1, class_prior=False, step="release"):
     """Model Bootstrapped EM (the paper's Algorithm 1) from a bootstrap model's predicted class of
     every training item (the release: the model trained on weighted majority vote). The paper's T
@@ -65,7 +69,9 @@ def mbem(ann, bootstrap, train, rounds=1, class_prior=False, step="release"):
                  pi_a[k, l] = #(t = k, a said l) / #(t = k, a labelled), and with class_prior
                  q[k] = share of items with t = k (the release has no q); step="one-coin"
                  fits one-coin workers instead, corrected for the model's accuracy
-                 (aggregation.one_coin_step, an option beyond the paper);
+                 (aggregation.one_coin_step), and step="per-class-coin" a coin per worker
+                 and class, corrected for the model's precision on each class
+                 (aggregation.per_class_coin_step): options beyond the paper;
         E-step   the posterior P(y_i = k | labels) proportional to q[k] prod_a pi_a[k, label_a(i)];
         retrain  train(posterior, round) -> Trained: a new model on the posterior, whose
                  predictions start the next round.
@@ -73,9 +79,9 @@ def mbem(ann, bootstrap, train, rounds=1, class_prior=False, step="release"):
     Returns (posterior, confusions, the last Trained, every round's posterior)."""
     predicted, posteriors = agg.one_hot(bootstrap, ann.K), []
     for t in range(rounds):
-        if step == "one-coin":
+        if step in CORRECTED_STEPS:
             prior = agg.estimate_prior(agg.one_hot(predicted.argmax(axis=1), ann.K)) if class_prior else None
-            posterior, confusions, _ = agg.one_coin_step(ann, predicted, prior=prior)
+            posterior, confusions, _ = CORRECTED_STEPS[step](ann, predicted, prior=prior)
         else:
             posterior, confusions, _ = agg.mbem_step(ann, predicted, class_prior=class_prior)
         result = train(posterior, t)

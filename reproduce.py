@@ -58,6 +58,7 @@ class Folder:
 
 
 MBEM_R1 = ("--preset", "cpu", "--algorithms", "mbem", "--redundancy", "1")
+CLASS_WISE_R1 = (*MBEM_R1, "--worker-model", "class-wise")
 # How Crowd Layer and CoNAL train: bench/crowd_sweep.py's choice on noisy validation labels.
 CROWD = ("--crowdlayer-optimizer", "authors", "--conal-optimizer", "release", "--conal-omega", "features")
 # The order is the order of the questions: the first panel and its variants (finished), the oracle
@@ -82,8 +83,18 @@ QUEUE = (
                                          "--redundancy", "1", "--mbem-step", "one-coin"), "bf16",
            bootstrap="results/cifar10n", annotations=True),
     Folder("results/class-wise-gamma0.2", ("--preset", "cpu", "--worker-model", "class-wise"), "bf16"),
+    # a coin per worker and class, where the one-coin step's assumption fails (class-wise workers) and
+    # on real workers (docs/worker-estimates.md: it scored best offline on class-wise workers)
+    Folder("results/class-wise-gamma0.2-per-class-coin", (*CLASS_WISE_R1, "--mbem-step", "per-class-coin"), "bf16",
+           bootstrap="results/class-wise-gamma0.2"),
+    Folder("results/cifar10n-per-class-coin", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV, "--algorithms",
+                                               "mbem", "--redundancy", "1", "--mbem-step", "per-class-coin"), "bf16",
+           bootstrap="results/cifar10n", annotations=True),
     Folder("results/class-wise-gamma0.6", ("--preset", "cpu", "--worker-model", "class-wise", "--gamma", "0.6"),
            "bf16"),
+    Folder("results/class-wise-gamma0.6-per-class-coin", (*CLASS_WISE_R1, "--gamma", "0.6", "--mbem-step",
+                                                          "per-class-coin"), "bf16",
+           bootstrap="results/class-wise-gamma0.6"),
     # the field's methods on results/cpu's labels and CIFAR-10N's, trained as bench/crowd_sweep.py chose
     # (docs/beyond-mbem.md); Crowd Layer and CoNAL once more for as many epochs as MBEM's two trainings
     Folder("results/field-cpu", ("--preset", "cpu", "--algorithms", "crowdlab,crowdlayer,conal", "--redundancy", "1,3",
@@ -120,6 +131,15 @@ QUESTIONS = (
     ("one-coin MBEM - the release's MBEM, CIFAR-10N r=1", ("results/cifar10n-one-coin", "mbem", 1),
      ("results/cifar10n", "mbem", 1)),
     ("one-coin MBEM - MV, CIFAR-10N r=1", ("results/cifar10n-one-coin", "mbem", 1), ("results/cifar10n", "mv", 1)),
+    *((f"per-class-coin MBEM - {what}, class-wise gamma {gamma} r=1",
+       (f"results/class-wise-gamma{gamma}-per-class-coin", "mbem", 1), (f"results/class-wise-gamma{gamma}", base, 1))
+      for gamma in ("0.2", "0.6") for base, what in (("mbem", "the release's MBEM"), ("mv", "MV"))),
+    ("per-class-coin MBEM - the release's MBEM, CIFAR-10N r=1", ("results/cifar10n-per-class-coin", "mbem", 1),
+     ("results/cifar10n", "mbem", 1)),
+    ("per-class-coin MBEM - MV, CIFAR-10N r=1", ("results/cifar10n-per-class-coin", "mbem", 1),
+     ("results/cifar10n", "mv", 1)),
+    ("per-class-coin MBEM - one-coin MBEM, CIFAR-10N r=1", ("results/cifar10n-per-class-coin", "mbem", 1),
+     ("results/cifar10n-one-coin", "mbem", 1)),
     *((f"{name} - MBEM, r={r}", ("results/field-cpu", method, r), ("results/cpu", "mbem", r))
       for method, name in (("crowdlab", "CROWDLAB"), ("crowdlayer", "Crowd Layer"), ("conal", "CoNAL"))
       for r in (1, 3) if not (method == "crowdlab" and r == 1)),

@@ -27,6 +27,11 @@ Estimators (aggregation.py has each, with its model and assumptions):
   one-coin         one-coin workers, the model's accuracy rho estimated (the best workers perfect);
   one-coin rho     the same given the model's true accuracy on its items (a diagnostic: it uses
                    the truth, as a small set of known items would give it);
+  soft mbem        the release's step from the model's probabilities, not its argmax (only where
+                   the bootstrap file keeps them);
+  per-class coin   a coin per worker and class, the model's precision on each class estimated
+                   (the best workers on each class perfect there);
+  per-class rho    the same given the model's true precision on each class (a diagnostic);
   plan's mbem      the release's step from plan.py's stand-in for the bootstrap model, right as
                    often as the real one, its errors uniform: how far the planner's model of
                    MBEM's targets is from the real ones.
@@ -46,14 +51,18 @@ from mbemlib import aggregation as agg
 from mbemlib import planning, settings, store
 
 
-def candidates(ann, probs, workers, truth):
-    """name -> (targets n x K, confusions m x K x K) of each estimator."""
+def candidates(ann, probs, workers, truth, soft=False):
+    """name -> (targets n x K, confusions m x K x K) of each estimator; soft: `probs` are the model's
+    probabilities (not one-hot predictions), so the soft M-step is scored too."""
     predicted = probs.argmax(axis=1)
     oracle = np.maximum(workers, agg.RELEASE_ZERO)
     oracle = oracle / oracle.sum(axis=2, keepdims=True)
     found = {"oracle": (agg.posterior(ann, oracle), oracle)}
     targets, confusions, _ = agg.mbem_step(ann, probs)
     found["mbem"] = (targets, confusions)
+    if soft:
+        targets, confusions, _ = agg.mbem_step(ann, probs, hard=False)
+        found["soft mbem"] = (targets, confusions)
     targets, confusions, model = agg.model_as_annotator(ann, probs, use_model=False)
     found["annotator"] = (targets, confusions)
     found["annotator's model"] = float(np.diagonal(model).mean())  # the model's accuracy as Dawid-Skene has it
@@ -64,6 +73,11 @@ def candidates(ann, probs, workers, truth):
     found["rho"] = rho  # the model's accuracy as one-coin estimates it
     targets, confusions, _ = agg.one_coin_step(ann, probs, model_accuracy=float((predicted == truth).mean()))
     found["one-coin rho"] = (targets, confusions)
+    targets, confusions, _ = agg.per_class_coin_step(ann, probs)
+    found["per-class coin"] = (targets, confusions)
+    precision = [(truth[predicted == k] == k).mean() if (predicted == k).any() else 1.0 for k in range(ann.K)]
+    targets, confusions, _ = agg.per_class_coin_step(ann, probs, model_precision=precision)
+    found["per-class rho"] = (targets, confusions)
     # plan.py's stand-in for the bootstrap model: as often right, its errors uniform
     stand_in = planning.model_predictions(truth, float((predicted == truth).mean()), ann.K, np.random.default_rng(0))
     targets, confusions, _ = agg.mbem_step(ann, agg.one_hot(stand_in, ann.K))
@@ -108,9 +122,10 @@ def main(argv=None):
             if predicted is None:
                 p.error(f"{path} does not hold the predictions for these labels (its labels digest differs)")
             probs = store.bootstrap_probabilities(path)
-            probs = agg.one_hot(predicted, ann.K) if probs is None else probs
+            soft = probs is not None
+            probs = probs if soft else agg.one_hot(predicted, ann.K)
             truth = ds.train_labels[items]
-            found = candidates(ann, probs, workers, truth)
+            found = candidates(ann, probs, workers, truth, soft)
             rho, fitted = found.pop("rho"), found.pop("annotator's model")
             for name, (targets, confusions) in found.items():
                 table.setdefault((r, name), []).append(scores(targets, confusions, truth, workers, ann))

@@ -292,6 +292,48 @@ def one_coin_step(ann, model_probs, model_accuracy=None, top=0.1, prior=None):
     return posterior(ann, confusions, prior), confusions, model_accuracy
 
 
+def per_class_coin_step(ann, model_probs, model_precision=None, top=0.1, least=10, prior=None):
+    """MBEM's M- and E-step for workers with one coin per class, corrected for the model's own
+    precision on each class.
+
+    Given an item of class k, worker a is right with probability alpha_a[k] and otherwise labels
+    uniformly at random (row k of pi_a is alpha_a[k] e_k + (1 - alpha_a[k]) / K): the paper's
+    class-wise workers have each alpha_a[k] at 0 or 1, its hammer-spammer workers one alpha for
+    every k, and the one-coin step (`one_coin_step`) is this with the rows pooled. Of the items the
+    model calls k a share rho_k (its precision on k) are truly k, so a's labels there agree with
+    the model with probability rho_k alpha_a[k] + (1 - alpha_a[k]) / K, taking a's coin on the
+    model's wrong items to be alpha_a[k] too (exact for one-coin workers; for class-wise ones off by
+    at most (1 - rho_k) / K). Hence alpha_a[k] = (agreement_a[k] - 1/K) / (rho_k - 1/K), clipped to
+    [0, 1]; MBEM's own step takes every rho_k to be 1.
+
+    From one label per item the rows fix only the products alpha_a[k] rho_k, so each rho_k needs
+    one more fact: `model_precision` (K,) gives it (from a few items of known class); None
+    estimates it under the assumption that on each class the best workers are perfect there. Among
+    the rows with at least `least` labels on items the model calls k, those agreeing with it more
+    than halfway from chance to the mean of the `top` share of rows are taken as the perfect ones,
+    and rho_k is their label-weighted agreement. Averaging every such row, not a fixed top share,
+    keeps the estimate from leaning on how many perfect rows a class happens to have: with 50
+    labels a row an agreement is known to about 0.07, so the top share alone sits above rho_k, and
+    a share wider than the perfect rows takes in guessers (docs/worker-estimates.md). A class with
+    no such row keeps rho_k = 1, the release's assumption; a row without labels gets alpha 0 (a
+    uniform row). Returns (posterior, confusions m x K x K, rho (K,))."""
+    counts = confusion_counts(ann, one_hot(np.argmax(model_probs, axis=1), ann.K))
+    labelled = counts.sum(axis=2)  # (m x K): a's labels on items the model calls k
+    agreement = np.diagonal(counts, axis1=1, axis2=2) / np.maximum(labelled, 1)
+    chance = 1.0 / ann.K
+    rho = np.ones(ann.K) if model_precision is None else np.asarray(model_precision, float)
+    for k in range(ann.K if model_precision is None else 0):
+        rows = labelled[:, k] >= least
+        if rows.any():
+            best = np.sort(agreement[rows, k])[::-1][:max(1, int(round(top * rows.sum())))].mean()
+            perfect = rows & (agreement[:, k] >= min(best, (best + chance) / 2))  # best <= chance: the top rows
+            rho[k] = np.average(agreement[perfect, k], weights=labelled[perfect, k])
+    alpha = np.clip((agreement - chance) / np.maximum(rho - chance, 1e-6), 0.0, 1.0) * (labelled > 0)
+    confusions = alpha[:, :, None] * np.eye(ann.K) + (1 - alpha[:, :, None]) * chance
+    confusions = normalise_confusions(confusions)  # perfect rows' zeros lifted to 1e-10, as the release smooths
+    return posterior(ann, confusions, prior), confusions, rho
+
+
 def worker_accuracy(confusions):
     """Per-worker accuracy under a uniform class distribution: mean of the diagonal of pi_a."""
     return np.diagonal(confusions, axis1=1, axis2=2).mean(axis=1)

@@ -87,8 +87,10 @@ SETTINGS = (
             "paper's T counts trainings, the bootstrap's too: T = rounds + 1; the release: 1, T = 2)", number(int, 1)),
     Setting("mbem_step", "release", "MBEM's M-step: release (the model's predictions taken for the truth, the "
             "paper's) or one-coin (each worker right or uniformly random, corrected for the model's own accuracy, "
-            "estimated as the best workers' agreement with it: aggregation.one_coin_step, docs/worker-estimates.md)",
-            choices=("release", "one-coin")),
+            "estimated as the best workers' agreement with it: aggregation.one_coin_step) or per-class-coin (a coin "
+            "per worker and class, corrected for the model's precision on each class, estimated from the best workers "
+            "on it: aggregation.per_class_coin_step); docs/worker-estimates.md",
+            choices=("release", "one-coin", "per-class-coin")),
     Setting("class_prior", False, "use the class prior q in MBEM's E-step (the paper's Algorithm 1; the release has "
             "none); with a weak bootstrap model q imports its errors (docs/reproducing.md: results/cpu-rounds)",
             switch=True),

@@ -209,13 +209,13 @@ def test_labels_right_counts_labels_not_classes():
     assert np.allclose(agg.labels_right(ann, agg.estimate_confusions(ann, mv), mv), 1.0)
 
 
-def weak_model_and_crowd(seed=0, n=20000, K=10, m=100, accuracy=0.5):
-    """Hammer-spammer workers (gamma 0.2) labelling each item once, and a model right on a share
+def weak_model_and_crowd(seed=0, n=20000, K=10, m=100, accuracy=0.5, worker_model="hammer-spammer"):
+    """Workers of `worker_model` (gamma 0.2) labelling each item once, and a model right on a share
     `accuracy` of the items whose errors lean to the next class (a structured confusion, as a
     real network's are), independent of the labels given the truth."""
     rng = np.random.default_rng(seed)
     truth = rng.integers(0, K, n)
-    workers = noise_sim.simulate_workers(m, K, 0.2, rng)
+    workers = noise_sim.simulate_workers(m, K, 0.2, rng, worker_model)
     ann = agg.Annotations(*noise_sim.simulate_labels(truth, workers, 1, rng), n, m, K)
     wrong = np.where(rng.random(n) < 0.6, (truth + 1) % K, rng.integers(0, K, n))
     predicted = np.where(rng.random(n) < accuracy, truth, wrong)
@@ -238,6 +238,29 @@ def test_one_coin_step_corrects_for_the_models_accuracy():
         assert abs(rho - 0.5) < 0.05 and accuracy[hammers].mean() > 0.9 and accuracy[~hammers].mean() < 0.15
         assert p_true(oracle) - p_true(targets) < 0.01 and p_true(oracle) - p_true(release) > 0.03
     # rows stay distributions, smoothed as the release smooths (no zero entry: finite logs)
+    assert np.allclose(confusions.sum(axis=2), 1) and confusions.min() > 0
+
+
+def test_per_class_coin_step_corrects_for_the_models_precision_on_class_wise_workers():
+    """Class-wise workers (a hammer on some classes, a spammer on the rest) from single labels and
+    a model right half the time: no worker is perfect on every class, so the one-coin step's
+    estimate of the model's accuracy collapses; the per-class step, estimating the model's precision
+    class by class from the best workers there, rates hammer rows near 1 and spammer rows near 0,
+    and its targets are nearly the oracle's where the release's step is 0.03 below them."""
+    ann, truth, workers, model = weak_model_and_crowd(worker_model="class-wise", n=30000)
+    hammer_rows = np.diagonal(workers, axis1=1, axis2=2) == 1
+    p_true = lambda targets: targets[np.arange(ann.n), truth].mean()  # noqa: E731
+    oracle = agg.posterior(ann, agg.normalise_confusions(workers))
+    release = agg.mbem_step(ann, model)[0]
+    assert agg.one_coin_step(ann, model)[2] < 0.4  # the best workers are not perfect: one-coin's rho is too low
+    predicted = model.argmax(axis=1)
+    precision = np.array([(truth[predicted == k] == k).mean() for k in range(ann.K)])
+    for known in (precision, None):
+        targets, confusions, rho = agg.per_class_coin_step(ann, model, model_precision=known)
+        alpha = np.diagonal(confusions, axis1=1, axis2=2)
+        assert np.abs(rho - precision).max() < 0.1
+        assert alpha[hammer_rows].mean() > 0.85 and alpha[~hammer_rows].mean() < 0.2
+        assert p_true(oracle) - p_true(targets) < 0.01 < 0.03 < p_true(oracle) - p_true(release)
     assert np.allclose(confusions.sum(axis=2), 1) and confusions.min() > 0
 
 

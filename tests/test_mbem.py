@@ -641,7 +641,7 @@ def test_a_folder_in_use_is_refused_in_one_line_and_a_dead_runs_lock_is_taken_ov
 
 def test_mbem_rounds_each_train_on_the_last_models_step():
     """Algorithm 1 with a stand-in trainer: each round's targets are the M-/E-step of the previous
-    model's predictions (the bootstrap's first), `rounds` trainings in all, and the one-coin step
+    model's predictions (the bootstrap's first), `rounds` trainings in all, and the corrected steps
     in place of the release's when asked."""
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 10, 3000)
@@ -654,7 +654,8 @@ def test_mbem_rounds_each_train_on_the_last_models_step():
         seen.append(posterior)
         return MBEM.Trained(posterior ** 2 / (posterior ** 2).sum(axis=1, keepdims=True), None, [], None)
 
-    for step, expected in (("release", agg.mbem_step), ("one-coin", agg.one_coin_step)):
+    for step, expected in (("release", agg.mbem_step), ("one-coin", agg.one_coin_step),
+                           ("per-class-coin", agg.per_class_coin_step)):
         seen.clear()
         targets, confusions, result, posteriors = MBEM.mbem(ann, bootstrap, train, rounds=3, step=step)
         assert len(seen) == 3 and all(a is b for a, b in zip(seen, posteriors, strict=True))
