@@ -85,11 +85,15 @@ QUEUE = (
     Folder("results/class-wise-gamma0.2", ("--preset", "cpu", "--worker-model", "class-wise"), "bf16"),
     # a coin per worker and class, where the one-coin step's assumption fails (class-wise workers) and
     # on real workers (docs/worker-estimates.md: it scored best offline on class-wise workers)
-    Folder("results/class-wise-gamma0.2-per-class-coin", (*CLASS_WISE_R1, "--mbem-step", "per-class-coin"), "bf16",
+    Folder("results/class-wise-gamma0.2-per-class-coin", ("--preset", "cpu", "--worker-model", "class-wise",
+                                                          "--algorithms", "mbem", "--redundancy", "1,3,5",
+                                                          "--mbem-step", "per-class-coin"), "bf16",
            bootstrap="results/class-wise-gamma0.2"),
     Folder("results/cifar10n-per-class-coin", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV, "--algorithms",
                                                "mbem", "--redundancy", "1", "--mbem-step", "per-class-coin"), "bf16",
            bootstrap="results/cifar10n", annotations=True),
+    # and where one-coin's assumption holds: does the per-class step keep its gain there?
+    Folder("results/cpu-per-class-coin", (*MBEM_R1, "--mbem-step", "per-class-coin"), "bf16", bootstrap="results/cpu"),
     Folder("results/class-wise-gamma0.6", ("--preset", "cpu", "--worker-model", "class-wise", "--gamma", "0.6"),
            "bf16"),
     Folder("results/class-wise-gamma0.6-per-class-coin", (*CLASS_WISE_R1, "--gamma", "0.6", "--mbem-step",
@@ -134,6 +138,18 @@ QUESTIONS = (
     *((f"per-class-coin MBEM - {what}, class-wise gamma {gamma} r=1",
        (f"results/class-wise-gamma{gamma}-per-class-coin", "mbem", 1), (f"results/class-wise-gamma{gamma}", base, 1))
       for gamma in ("0.2", "0.6") for base, what in (("mbem", "the release's MBEM"), ("mv", "MV"))),
+    *((f"per-class-coin MBEM - the release's MBEM, class-wise gamma 0.2 r={r}",
+       ("results/class-wise-gamma0.2-per-class-coin", "mbem", r), ("results/class-wise-gamma0.2", "mbem", r))
+      for r in (3, 5)),
+    ("per-class-coin MBEM r=1 - per-class-coin MBEM r=3, class-wise gamma 0.2",
+     ("results/class-wise-gamma0.2-per-class-coin", "mbem", 1),
+     ("results/class-wise-gamma0.2-per-class-coin", "mbem", 3)),
+    ("per-class-coin MBEM - the release's MBEM, r=1", ("results/cpu-per-class-coin", "mbem", 1),
+     ("results/cpu", "mbem", 1)),
+    ("per-class-coin MBEM - one-coin MBEM, r=1", ("results/cpu-per-class-coin", "mbem", 1),
+     ("results/cpu-one-coin", "mbem", 1)),
+    ("per-class-coin MBEM r=1 - oracle r=1", ("results/cpu-per-class-coin", "mbem", 1),
+     ("results/cpu-oracle", "oracle", 1)),
     ("per-class-coin MBEM - the release's MBEM, CIFAR-10N r=1", ("results/cifar10n-per-class-coin", "mbem", 1),
      ("results/cifar10n", "mbem", 1)),
     ("per-class-coin MBEM - MV, CIFAR-10N r=1", ("results/cifar10n-per-class-coin", "mbem", 1),
