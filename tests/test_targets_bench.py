@@ -22,6 +22,21 @@ def test_target_scores_of_results_cpu_at_r1():
     assert "r 1 seed 2 model 0.554 rho 0.581" in result.stdout
 
 
+@pytest.mark.slow
+def test_target_scores_of_class_wise_workers_at_r1():
+    """On class-wise workers one-coin's assumption fails (confidently wrong targets) and the
+    per-class coin comes near the oracle: the table docs/worker-estimates.md quotes."""
+    shared_path("cifar10-jpeg.tar.gz")
+    result = run_script("bench/targets.py", "results/class-wise-gamma0.2", "--redundancy", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {" ".join(line.split()[1:-8]): [float(x) for x in line.split()[-7:]]
+            for line in result.stdout.splitlines() if line.startswith(" 1 ")}
+    assert rows["oracle"][1] == pytest.approx(0.2021, abs=1e-4) and rows["mbem"][1] == pytest.approx(0.1539, abs=1e-4)
+    assert rows["per-class coin"][1] == pytest.approx(0.1986, abs=1e-4)  # p_true
+    assert rows["one-coin"][4] == pytest.approx(0.2937, abs=1e-4)  # sure wrong
+    assert rows["soft mbem"][1] == pytest.approx(0.1077, abs=1e-4)
+
+
 def test_a_folder_of_real_labels_is_refused_in_one_line():
     result = run_script("bench/targets.py", "results/cifar10n")
     assert result.returncode == 2 and "real labels have no simulated truth" in result.stderr
