@@ -321,17 +321,28 @@ def per_class_coin_step(ann, model_probs, model_precision=None, top=0.1, least=1
     labelled = counts.sum(axis=2)  # (m x K): a's labels on items the model calls k
     agreement = np.diagonal(counts, axis1=1, axis2=2) / np.maximum(labelled, 1)
     chance = 1.0 / ann.K
-    rho = np.ones(ann.K) if model_precision is None else np.asarray(model_precision, float)
-    for k in range(ann.K if model_precision is None else 0):
-        rows = labelled[:, k] >= least
-        if rows.any():
-            best = np.sort(agreement[rows, k])[::-1][:max(1, int(round(top * rows.sum())))].mean()
-            perfect = rows & (agreement[:, k] >= min(best, (best + chance) / 2))  # best <= chance: the top rows
-            rho[k] = np.average(agreement[perfect, k], weights=labelled[perfect, k])
+    rho = (precision_from_best_rows(agreement, labelled, top, least) if model_precision is None
+           else np.asarray(model_precision, float))
     alpha = np.clip((agreement - chance) / np.maximum(rho - chance, 1e-6), 0.0, 1.0) * (labelled > 0)
     confusions = alpha[:, :, None] * np.eye(ann.K) + (1 - alpha[:, :, None]) * chance
     confusions = normalise_confusions(confusions)  # perfect rows' zeros lifted to 1e-10, as the release smooths
     return posterior(ann, confusions, prior), confusions, rho
+
+
+def precision_from_best_rows(agreement, labelled, top=0.1, least=10):
+    """The model's precision on each class (K,), taking the rows that agree with it most to be
+    perfect workers' (`per_class_coin_step` says why): per class k, the label-weighted agreement of
+    the rows with at least `least` labels that agree more than halfway from chance to the mean of
+    the `top` share of them; 1 where no row has that many labels."""
+    K = agreement.shape[1]
+    rho = np.ones(K)
+    for k in range(K):
+        rows = labelled[:, k] >= least
+        if rows.any():
+            best = np.sort(agreement[rows, k])[::-1][:max(1, int(round(top * rows.sum())))].mean()
+            perfect = rows & (agreement[:, k] >= min(best, (best + 1 / K) / 2))  # best at chance: the top rows
+            rho[k] = np.average(agreement[perfect, k], weights=labelled[perfect, k])
+    return rho
 
 
 def worker_accuracy(confusions):
