@@ -5,13 +5,18 @@ import pytest
 from conftest import run_script, shared_path
 
 
+def rows_at_r1(stdout):
+    """estimator -> its seven scores, from the table's r = 1 lines."""
+    return {" ".join(line.split()[1:-8]): [float(x) for x in line.split()[-7:]]
+            for line in stdout.splitlines() if line.startswith(" 1 ")}
+
+
 @pytest.mark.slow
 def test_target_scores_of_results_cpu_at_r1():
     shared_path("cifar10-jpeg.tar.gz")
     result = run_script("bench/targets.py", "results/cpu", "--redundancy", "1")
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = {" ".join(line.split()[1:-8]): [float(x) for x in line.split()[-7:]]
-            for line in result.stdout.splitlines() if line.startswith(" 1 ")}
+    rows = rows_at_r1(result.stdout)
     assert rows["oracle"][1] == pytest.approx(0.2832, abs=1e-4)  # p_true, as the docs' table has it
     assert rows["mbem"][1] == pytest.approx(0.1931, abs=1e-4) and rows["one-coin"][1] == pytest.approx(0.2760, abs=1e-4)
     assert rows["one-coin"][5] < rows["mbem"][5] / 4  # worker MAE
@@ -29,8 +34,7 @@ def test_target_scores_of_class_wise_workers_at_r1():
     shared_path("cifar10-jpeg.tar.gz")
     result = run_script("bench/targets.py", "results/class-wise-gamma0.2", "--redundancy", "1")
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = {" ".join(line.split()[1:-8]): [float(x) for x in line.split()[-7:]]
-            for line in result.stdout.splitlines() if line.startswith(" 1 ")}
+    rows = rows_at_r1(result.stdout)
     assert rows["oracle"][1] == pytest.approx(0.2021, abs=1e-4) and rows["mbem"][1] == pytest.approx(0.1539, abs=1e-4)
     assert rows["per-class coin"][1] == pytest.approx(0.1986, abs=1e-4)  # p_true
     assert rows["one-coin"][4] == pytest.approx(0.2937, abs=1e-4)  # sure wrong
