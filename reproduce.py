@@ -109,6 +109,9 @@ QUEUE = (
                                            "--epochs", "20", *CROWD), "bf16"),
     # its first cells were made in fp32 on an AVX2 CPU: a CPU without native bf16 advances it
     Folder("results/hammer-spammer-gamma0.6", ("--preset", "cpu", "--gamma", "0.6"), "fp32"),
+    # does the one-coin step keep MBEM's lead where the bootstrap model is better (gamma 0.6)?
+    Folder("results/hammer-spammer-gamma0.6-one-coin", (*MBEM_R1, "--gamma", "0.6", "--mbem-step", "one-coin"),
+           "fp32", bootstrap="results/hammer-spammer-gamma0.6"),
 )
 
 
@@ -135,6 +138,8 @@ QUESTIONS = (
     ("one-coin MBEM - the release's MBEM, CIFAR-10N r=1", ("results/cifar10n-one-coin", "mbem", 1),
      ("results/cifar10n", "mbem", 1)),
     ("one-coin MBEM - MV, CIFAR-10N r=1", ("results/cifar10n-one-coin", "mbem", 1), ("results/cifar10n", "mv", 1)),
+    *((f"one-coin MBEM - {what}, gamma 0.6 r=1", ("results/hammer-spammer-gamma0.6-one-coin", "mbem", 1),
+       ("results/hammer-spammer-gamma0.6", base, 1)) for base, what in (("mbem", "the release's MBEM"), ("mv", "MV"))),
     *((f"per-class-coin MBEM - {what}, class-wise gamma {gamma} r=1",
        (f"results/class-wise-gamma{gamma}-per-class-coin", "mbem", 1), (f"results/class-wise-gamma{gamma}", base, 1))
       for gamma in ("0.2", "0.6") for base, what in (("mbem", "the release's MBEM"), ("mv", "MV"))),
