@@ -5,6 +5,7 @@ one training at a time, each resuming its own folder; then paper_figure.py draws
     python reproduce.py --status    # per folder: cells done of all, precision, time left on this machine
     python reproduce.py --list      # the commands, one per folder, without running them
     python reproduce.py --compare   # the questions the folders answer, as paired differences
+    python reproduce.py --compare --markdown   # the same as the rows of the docs' tables
 
 Each folder's precision is fixed in its command, never auto (which each machine resolves its own
 way): bf16 and fp32 round differently, so one folder holds one. A folder in bf16 is skipped, with
@@ -179,8 +180,9 @@ def folder_cells(folder):
         return json.load(f)["cells"]
 
 
-def compare():
-    """Each question's paired difference: mean, 95% t-interval, the seeds' differences."""
+def compare(markdown=False):
+    """Each question's paired difference: mean, 95% t-interval, the seeds' differences; with
+    `markdown`, as the rows of the docs' tables (a question not yet run is left out)."""
     from mbemlib.report import difference
 
     cells = {folder: folder_cells(folder) for _, *sides in QUESTIONS for folder, _, _ in sides}  # each read once
@@ -189,17 +191,24 @@ def compare():
         return {c["seed"]: c["test_error"] for c in cells[folder]
                 if c["algorithm"] == algorithm and c["redundancy"] == r}
 
-    print(f"{'question (test error, seed by seed)':48} {'seeds':>5} {'mean':>8}  95% interval        differences")
+    if markdown:
+        print("| difference (test error) | mean | 95% interval | seeds |\n|---|---|---|---|")
+    else:
+        print(f"{'question (test error, seed by seed)':48} {'seeds':>5} {'mean':>8}  95% interval        differences")
     for what, a, b in QUESTIONS:
         first, second = test_errors(*a), test_errors(*b)
         seeds = sorted(first.keys() & second.keys())
         if not seeds:
-            print(f"{what:48} {'-':>5}  not run yet ({a[0] if not first else b[0]})")
+            if not markdown:
+                print(f"{what:48} {'-':>5}  not run yet ({a[0] if not first else b[0]})")
             continue
         d = difference(seeds, [first[s] - second[s] for s in seeds])
         interval = "" if d["ci_low"] is None else f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
-        print(f"{what:48} {len(seeds):>5} {d['mean']:+8.4f}  {interval:18}  "
-              + " ".join(f"{x:+.4f}" for x in d["differences"]))
+        differences = " ".join(f"{x:+.4f}" for x in d["differences"])
+        if markdown:
+            print(f"| {what} | {d['mean']:+.4f} | {interval} | {differences} |")
+        else:
+            print(f"{what:48} {len(seeds):>5} {d['mean']:+8.4f}  {interval:18}  {differences}")
     return 0
 
 
@@ -303,13 +312,18 @@ def main(argv=None):
     action.add_argument("--compare", action="store_true",
                         help="the questions the folders answer, each a paired difference of test error over the "
                              "seeds both folders have, from their results.json; trains nothing")
+    p.add_argument("--markdown", action="store_true",
+                   help="with --compare: the answered questions as the rows of a Markdown table, as the docs quote "
+                        "them")
     p.add_argument("--source", default=CIFAR, help="CIFAR-10 as a folder or .tar.gz of JPEGs (default: %(default)s)")
     p.add_argument("--gpus", type=gpu_list, default=[], help="GPU ids for every command, e.g. 0 (default: the CPU)")
     args = p.parse_args(argv)
     extra = ("--gpus", ",".join(map(str, args.gpus))) if args.gpus else ()
     source = os.path.relpath(os.path.abspath(args.source), ROOT)  # the commands run in the checkout
+    if args.markdown and not args.compare:
+        p.error("--markdown goes with --compare")
     if args.compare:
-        return compare()
+        return compare(args.markdown)
     if args.list:
         for folder in QUEUE:
             print("python " + " ".join(folder.command(source, extra)[1:]))

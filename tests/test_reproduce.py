@@ -84,3 +84,5 @@ def test_compare_pairs_the_seeds_both_folders_have(monkeypatch, tmp_path, capsys
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:4] == ["a", "-", "b", "2"] and "-0.0750" in lines[1] and "-0.1000 -0.0500" in lines[1]
     assert "not run yet (c)" in lines[2]
+    assert reproduce.compare(markdown=True) == 0
+    assert capsys.readouterr().out.splitlines()[2:] == ["| a - b | -0.0750 | [-0.393, +0.243] | -0.1000 -0.0500 |"]
