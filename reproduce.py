@@ -25,7 +25,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from mbemlib.cli import Parser
+from mbemlib.cli import Parser, format_seconds
 from mbemlib.settings import gpu_list
 
 # Paths as the folders' configs hold them, relative to the checkout (the commands run there): a
@@ -253,27 +253,44 @@ def cells_done(folder):
         return len(json.load(f)["cells"])
 
 
+UNIT_SECONDS = {"h": 3600, "min": 60, "s": 1}
+
+
+def dry_run_estimate(stdout):
+    """(cells left, seconds) from MBEM.py --dry-run's output: its cell lines and its last line's time
+    (printed to a tenth of an hour, a minute or a second); seconds 0 when nothing is left."""
+    left = sum(line.startswith("  cell ") for line in stdout.splitlines())
+    found = re.search(r"about (\S+) (h|min|s), evaluation not counted", stdout)
+    return left, float(found.group(1)) * UNIT_SECONDS[found.group(2)] if found and left else 0.0
+
+
 def estimate(folder, source, extra):
-    """(cells left, the time MBEM.py --dry-run estimates for them here), from its last line."""
+    """(cells left, seconds left by MBEM.py --dry-run's estimate here), or (None, why not)."""
     result = subprocess.run(folder.command(source, (*extra, "--dry-run")), cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         return None, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "dry run failed"
-    left = sum(line.startswith("  cell ") for line in result.stdout.splitlines())
-    found = re.search(r"about (\S+ (?:h|min|s)), evaluation not counted", result.stdout)
-    return left, f"about {found.group(1)}" if found and left else "nothing left"
+    return dry_run_estimate(result.stdout)
 
 
 def status(source, gpus, extra):
-    print(f"{'folder':32} {'cells':>9}  precision  time left here")
+    width = max(len(folder.out) for folder in QUEUE)
+    print(f"{'folder':{width}} {'cells':>9}  precision  time left here")
+    total, skipped = 0.0, 0
     for folder in QUEUE:
         done = cells_done(folder)
         problem = native_problem(folder.precision, gpus) or prepare(folder)
         if problem:
-            print(f"{folder.out:32} {done:>5} of ?  {folder.precision:9}  skipped here: {problem}")
+            skipped += 1
+            print(f"{folder.out:{width}} {done:>5} of ?  {folder.precision:9}  skipped here: {problem}")
             continue
-        left, when = estimate(folder, source, extra)
-        cells = f"{done:>5} of {done + left}" if left is not None else f"{done:>5} of ?"
-        print(f"{folder.out:32} {cells:>9}  {folder.precision:9}  {when}", flush=True)
+        left, seconds = estimate(folder, source, extra)
+        if left is None:
+            print(f"{folder.out:{width}} {done:>5} of ?  {folder.precision:9}  {seconds}", flush=True)
+            continue
+        total += seconds
+        when = f"about {format_seconds(seconds)}" if left else "nothing left"
+        print(f"{folder.out:{width}} {f'{done:>5} of {done + left}':>9}  {folder.precision:9}  {when}", flush=True)
+    print(f"in all, about {format_seconds(total)} here" + (f" ({skipped} folders skipped here)" if skipped else ""))
     print("(each estimate times a few batches now: a training running beside it, or any other load, lengthens it)")
     return 0
 

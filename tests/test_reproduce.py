@@ -86,3 +86,12 @@ def test_compare_pairs_the_seeds_both_folders_have(monkeypatch, tmp_path, capsys
     assert "not run yet (c)" in lines[2]
     assert reproduce.compare(markdown=True) == 0
     assert capsys.readouterr().out.splitlines()[2:] == ["| a - b | -0.0750 | [-0.393, +0.243] | -0.1000 -0.0500 |"]
+
+
+def test_the_status_reads_cells_and_time_from_a_dry_run():
+    printed = ("3 cells to run\n  cell seed 0 r 1 n 50000 mbem\n  cell seed 1 r 1 n 50000 mbem\n"
+               "2 cells, at most 2 trainings (1 stage each) of 10 epochs: 1,000,000 training images; at 900 img/s "
+               "(3 timed batches of 128 here, bf16) about 1.8 h, evaluation not counted\n")
+    assert reproduce.dry_run_estimate(printed) == (2, 1.8 * 3600)
+    assert reproduce.dry_run_estimate(printed.replace("1.8 h", "41 min")) == (2, 41 * 60)
+    assert reproduce.dry_run_estimate("0 cells to run\n") == (0, 0.0)
