@@ -14,7 +14,8 @@ release's plots (no label-only EM there). A different dataset and network: compa
 the levels.
 
 Writes the figure and, beside it, a CSV of every plotted point; prints per panel the shapes and
-the three claims:
+the three claims, then the verdicts as one Markdown table (each with the difference nearest to
+refuting it):
   1. MBEM's error is below MV's and WMV's at every r (seed by seed, 95% t-interval);
   2. every method's best redundancy is 1 (each at r = 1 minus itself at each larger r);
   3. at r = 1 label-only EM cannot estimate the workers and MBEM can (the mean absolute error of
@@ -167,6 +168,47 @@ def format_panel(key, results, paper_curves):
     return "\n".join(lines)
 
 
+def precision_of(results):
+    """The precision its cells trained in ('bf16', or 'bf16 and fp32' for a mixed folder), from the
+    cells rather than the config, whose `auto` each machine resolves its own way; None if unknown."""
+    found = sorted({c["precision"] for c in results["cells"] if c.get("precision")})
+    return " and ".join(found) or None
+
+
+def short_verdict(answer):
+    """'yes', 'in sign only', or 'no (2 of 6 against)' from verdict()'s sentence."""
+    if answer.startswith("no ("):
+        return "no (" + answer[4:].split(" mean")[0] + " against)"
+    return answer.split(" (")[0]
+
+
+def verdict_table(panels):
+    """The three claims, panel by panel, as the rows of a Markdown table: each verdict with the
+    difference nearest to refuting it (the largest mean)."""
+    names = list(claims([]))
+    lines = ["| panel | folder | " + " | ".join(f"claim {n}" for n in names) + " |",
+             "|---" * (2 + len(names)) + "|"]
+    for key in PANELS:
+        if key not in panels:
+            lines.append(f"| {key[0]}, gamma {key[1]} | not run |" + " |" * len(names))
+            continue
+        results = panels[key]
+        seeds = sorted({c["seed"] for c in results["cells"]})
+        precision = precision_of(results)
+        where = f"{results['config']['out']} ({len(seeds)} seed{'s' * (len(seeds) != 1)}" + \
+            (f", {precision})" if precision else ")")
+        row = []
+        for answer, diffs in claims(results["cells"]).values():
+            if not diffs:
+                row.append(short_verdict(answer))
+                continue
+            label, d = max(diffs, key=lambda x: x[1]["mean"])
+            ci = "" if d["ci_low"] is None else f" [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+            row.append(f"{short_verdict(answer)}; nearest against: {label} {d['mean']:+.4f}{ci}")
+        lines.append(f"| {key[0]}, gamma {key[1]} | {where} | " + " | ".join(row) + " |")
+    return lines
+
+
 def points(panels, paper):
     """Every plotted point, ours (mean and 95% interval) and the paper's, as CSV rows."""
     rows = []
@@ -206,7 +248,9 @@ def plot(panels, paper, out):
         done = len({c["seed"] for c in cells})
         planned = len(results["config"]["seeds"]) if results else 0
         seeds = f"{done} of {planned} seeds" if done < planned else f"{done} seeds"
-        ax.set_title(f"{key[0]}, gamma {key[1]}\nours: CIFAR-10, " + (seeds if results else "not run"), fontsize=9)
+        precision = precision_of(results) if results else None
+        ax.set_title(f"{key[0]}, gamma {key[1]}\nours: CIFAR-10, " + (precision + ", " if precision else "")
+                     + (seeds if results else "not run"), fontsize=9)
         if not cells:
             ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes, color="0.4")
         if paper:
@@ -255,6 +299,7 @@ def main(argv=None):
                                                     "seeds", "test_error", "ci_low", "ci_high"])
     for key in PANELS:
         print(format_panel(key, panels.get(key), paper.get(key)))
+    print("\nthe verdicts, as a Markdown table:\n" + "\n".join(verdict_table(panels)))
     print(f"\nwrote {args.out} and {table}")
 
 if __name__ == "__main__":

@@ -133,3 +133,17 @@ def test_the_shared_csv_holds_four_panels_where_mbem_is_lowest_and_r1_best():
         assert set(curves) == {"mv", "wmv", "mbem"} and all(len(by_r) == 6 for by_r in curves.values())
         shape = paper_figure.shape(curves)
         assert set(shape["best_r"].values()) == {1} and shape["mbem_lowest_at"] == [1, 2, 3, 5, 7, 9]
+
+
+def test_the_verdict_table_names_each_panels_precision_and_nearest_difference(tmp_path):
+    hs = write_folder(tmp_path, "hs", "hammer-spammer", 0.2, mbem_wins_at_r1, precision="auto")
+    results = json.loads((hs / "results.json").read_text())
+    for cell in results["cells"]:
+        cell["precision"] = "bf16"  # what the cells trained in, where the config says auto
+    panels = {("hammer-spammer", 0.2): results}
+    header, rule, *rows = paper_figure.verdict_table(panels)
+    assert header.count("| claim ") == 3 and rule == "|---|---|---|---|---|"
+    assert rows[0].startswith(f"| hammer-spammer, gamma 0.2 | {hs} (3 seeds, bf16) | yes; nearest against: MBEM - ")
+    # claim 2: label-only EM's r = 1 is 0.06 above its r = 3 and 0.02 above its r = 5 in every seed
+    assert rows[0].split(" | ")[3] == "no (2 of 8 against); nearest against: em r=1 - em r=3 +0.0600 [+0.060, +0.060]"
+    assert [r.split(" | ")[1] for r in rows[1:]] == ["not run"] * 3
