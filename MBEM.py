@@ -463,28 +463,32 @@ TARGET_MAKERS = {"labels": Experiment.from_labels, "model": Experiment.from_mode
                  "library": Experiment.from_library, "crowd head": Experiment.from_crowd_head}
 
 
-def dry_run(config, experiment, cells):
+def dry_run(config, experiment, cells, speed=None):
     """Print the resolved settings, the cells and trainings to run, and a time estimated from a few
-    timed batches of this machine; train and write nothing else."""
+    timed batches of this machine (or at `speed` img/s, given); train and write nothing else."""
     print("settings: " + ", ".join(f"{k}={v}" for k, v in asdict(config).items()))
     for seed, r, n, algorithm in cells:
         print(f"  cell seed {seed} r {r} n {n} {algorithm}")
     stages = 2 if config.two_stage else 1
-    ds, batch = experiment.ds, min(config.batch_size, len(experiment.pool))
-    sample = ds.train_images[experiment.pool[:3 * batch]]
-    _, history = experiment.trainer.train(sample, np.full((len(sample), experiment.K), 1 / experiment.K),
-                                          experiment.K, depth=config.depth, epochs=2, batch_size=batch,
-                                          gpus=config.gpus, precision=experiment.precision, compile=config.compile,
-                                          pad=config.augment_pad, progress=False, imagenet=experiment.imagenet)
-    speed = history[-1]["img_per_s"]
+    batch = min(config.batch_size, len(experiment.pool))
+    timed = f"3 timed batches of {batch} here, {experiment.precision}"
+    if speed is None:
+        sample = experiment.ds.train_images[experiment.pool[:3 * batch]]
+        _, history = experiment.trainer.train(sample, np.full((len(sample), experiment.K), 1 / experiment.K),
+                                              experiment.K, depth=config.depth, epochs=2, batch_size=batch,
+                                              gpus=config.gpus, precision=experiment.precision,
+                                              compile=config.compile, pad=config.augment_pad, progress=False,
+                                              imagenet=experiment.imagenet)
+        speed = history[-1]["img_per_s"]
+    else:
+        timed = "given by --speed"
     saved = lambda s, r, n: os.path.exists(store.bootstrap_path(config.out, s, r, n))  # noqa: E731
     per_epoch = {(s, r, n): len(experiment.pool) if config.epoch_images == "all" else n for s, r, n, _ in cells}
     count = {c: settings.trainings(config, c, cells, saved) for c in cells}
     images = sum(count[c] * stages * config.epochs * per_epoch[c[:3]] for c in cells)
     print(f"{len(cells)} cells, at most {sum(count.values()) * stages} trainings ({stages} stage"
           f"{'s' * (stages > 1)} each) of {config.epochs} epochs: {images:,} training images; at {speed:.0f} img/s "
-          f"(3 timed batches of {batch} here, {experiment.precision}) about {format_seconds(images / speed)}, "
-          "evaluation not counted")
+          f"({timed}) about {format_seconds(images / speed)}, evaluation not counted")
     return 0
 
 
@@ -543,7 +547,7 @@ def main(argv=None):
             if agg.runs_at(a, r)]
     left = [cell for cell in todo if cell not in done]
     if args.dry_run:
-        return dry_run(config, experiment, left)
+        return dry_run(config, experiment, left, args.speed)
     if left and warning:  # cells to add to a folder made by other trainer code
         print(warning, file=sys.stderr, flush=True)
     if not left:  # a finished folder stays as it is (its figures too): --plot-only redraws them

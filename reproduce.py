@@ -25,6 +25,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+import numpy as np
+
+from mbemlib import store
 from mbemlib.cli import Parser, format_seconds
 from mbemlib.settings import gpu_list
 
@@ -264,9 +267,21 @@ def dry_run_estimate(stdout):
     return left, float(found.group(1)) * UNIT_SECONDS[found.group(2)] if found and left else 0.0
 
 
-def estimate(folder, source, extra):
-    """(cells left, seconds left by MBEM.py --dry-run's estimate here), or (None, why not)."""
-    result = subprocess.run(folder.command(source, (*extra, "--dry-run")), cwd=ROOT, capture_output=True, text=True)
+def recorded_speed(precision):
+    """The median training speed (img/s) of this machine's cells in `precision` over the queue's
+    folders, or None: what the status assumes while a training runs, as timing batches beside it
+    would slow it and time them slow."""
+    here = store.machine()
+    speeds = [c["train_img_per_s"] for folder in QUEUE for c in folder_cells(folder.out)
+              if c.get("precision") == precision and c.get("machine") == here and c.get("train_img_per_s")]
+    return float(np.median(speeds)) if speeds else None
+
+
+def estimate(folder, source, extra, speed=None):
+    """(cells left, seconds left by MBEM.py --dry-run's estimate here, at `speed` img/s if given),
+    or (None, why not)."""
+    extra = (*extra, "--dry-run", *(("--speed", f"{speed:.0f}") if speed else ()))
+    result = subprocess.run(folder.command(source, extra), cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         return None, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "dry run failed"
     return dry_run_estimate(result.stdout)
@@ -274,8 +289,12 @@ def estimate(folder, source, extra):
 
 def status(source, gpus, extra):
     width = max(len(folder.out) for folder in QUEUE)
+    training = {folder.out: who for folder in QUEUE if (who := store.in_use(os.path.join(ROOT, folder.out)))}
+    for out, who in training.items():
+        print(f"note: {out} is in training now ({who}); the times below are at this machine's recorded speed "
+              "per precision where it has one, not timed beside it")
     print(f"{'folder':{width}} {'cells':>9}  precision  time left here")
-    total, skipped = 0.0, 0
+    total, skipped, untimed = 0.0, 0, 0
     for folder in QUEUE:
         done = cells_done(folder)
         problem = native_problem(folder.precision, gpus) or prepare(folder)
@@ -283,15 +302,25 @@ def status(source, gpus, extra):
             skipped += 1
             print(f"{folder.out:{width}} {done:>5} of ?  {folder.precision:9}  skipped here: {problem}")
             continue
-        left, seconds = estimate(folder, source, extra)
+        speed = recorded_speed(folder.precision) if training else None
+        # beside a training, a precision never recorded here is not timed: any speed gives the cells left
+        left, seconds = estimate(folder, source, extra, speed or (1.0 if training else None))
         if left is None:
             print(f"{folder.out:{width}} {done:>5} of ?  {folder.precision:9}  {seconds}", flush=True)
             continue
-        total += seconds
-        when = f"about {format_seconds(seconds)}" if left else "nothing left"
+        if training and not speed:
+            when = f"not timed beside a training (no {folder.precision} cell made here yet)" if left else "nothing left"
+            untimed += bool(left)
+        else:
+            total += seconds
+            when = f"about {format_seconds(seconds)}" if left else "nothing left"
+        when += " (in training now)" if folder.out in training else ""
         print(f"{folder.out:{width}} {f'{done:>5} of {done + left}':>9}  {folder.precision:9}  {when}", flush=True)
-    print(f"in all, about {format_seconds(total)} here" + (f" ({skipped} folders skipped here)" if skipped else ""))
-    print("(each estimate times a few batches now: a training running beside it, or any other load, lengthens it)")
+    print(f"in all, about {format_seconds(total)} here" + (f", {untimed} folders not timed" if untimed else "")
+          + (f", {skipped} folders skipped here" if skipped else ""))
+    if not training:
+        print("(each estimate times a few batches now: a training running beside it, or any other load, lengthens "
+              "it)")
     return 0
 
 

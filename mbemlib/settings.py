@@ -286,6 +286,9 @@ def parser(description, preset_name="paper"):
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved settings, the cells and trainings to run and an estimated time (from "
                         "a few timed batches), then exit without training")
+    p.add_argument("--speed", type=number(float, 0, low_open=True), metavar="IMG_PER_S",
+                   help="with --dry-run: estimate at this many training images per second instead of timing batches "
+                        "(a machine busy with a training times them slow, and slows it)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print every epoch's line on the screen too (it always goes to <out>/train.log)")
     p.add_argument("--plot-only", action="store_true",
@@ -320,6 +323,8 @@ def check(p, config, args):
     clear line (argparse exits with status 2)."""
     cells, preset_name = plan(config), args.preset
     given = {s.name for s in SETTINGS if getattr(args, s.name, None) is not None}
+    if args.speed is not None and not args.dry_run:
+        p.error("--speed: goes with --dry-run (the speed it estimates at); a run measures its own")
     if len(set(config.seeds)) != len(config.seeds):
         p.error(f"--seeds {','.join(map(str, config.seeds))}: a seed given twice would count twice in every mean")
     if config.annotations and (idle := {"gamma", "workers", "worker_model"} & given):

@@ -174,16 +174,48 @@ def hold(out):
 HELD = []
 
 
+def in_use(out):
+    """The run holding the folder `out` now, in words, or None. Read from the lock file without
+    taking the lock (a run starting that instant must not find it taken): a name left there whose
+    process has ended on this host is a killed run's, not a holder; one from another host cannot
+    be checked from here and counts as holding it."""
+    try:
+        with open(os.path.join(out, LOCK)) as f:
+            who = named_run(f.read())
+    except OSError:
+        return None
+    if who is None:
+        return None
+    if who["host"] == socket.gethostname():
+        try:
+            os.kill(who["pid"], 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+    return described(who)
+
+
 def lock_holder(fd):
     """The run named in a lock file, in words; None for an empty one."""
     text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
     if not text:
         return None
+    who = named_run(text)
+    return described(who) if who else f"its lock file says {text[:200]!r}"
+
+
+def named_run(text):
+    """The run a lock file names ({pid, host, started, command}), or None."""
     try:
         who = json.loads(text)
-        return f"process {who['pid']} on {who['host']}, started {who['started']}: {who['command']}"
-    except (ValueError, KeyError, TypeError):
-        return f"its lock file says {text[:200]!r}"
+    except ValueError:
+        return None
+    return who if isinstance(who, dict) and {"pid", "host", "started", "command"} <= who.keys() else None
+
+
+def described(who):
+    return f"process {who['pid']} on {who['host']}, started {who['started']}: {who['command']}"
 
 
 def save(results, out):

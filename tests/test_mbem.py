@@ -264,6 +264,8 @@ def test_dry_run_counts_cells_and_trainings_and_writes_nothing(tmp_path):
     assert "8 cells, at most 14 trainings (2 stages each) of 10 epochs: 52,000 training images" in result.stdout
     assert "img/s (3 timed batches of 50 here, fp32) about " in result.stdout
     assert not (tmp_path / "x").exists()
+    given = run(*TORCH_SMOKE, "--out", tmp_path / "x", "--dry-run", "--speed", "2600")  # 52,000 images: 20 s
+    assert "at 2600 img/s (given by --speed) about 20 s, evaluation not counted" in given.stdout, given.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -632,9 +634,11 @@ def test_a_folder_in_use_is_refused_in_one_line_and_a_dead_runs_lock_is_taken_ov
         assert os.listdir(out) == [store.LOCK]
         with pytest.raises(RunError, match="in use by another run"):  # in-process too
             store.hold(str(out))
+        assert store.in_use(str(out)).startswith(f"process {holder.pid} on ")  # read without the lock
     finally:
         holder.kill()
         holder.wait()
+    assert store.in_use(str(out)) is None and store.LOCK in os.listdir(out)  # a killed run's name holds nothing
     assert store.hold(str(out)).startswith(f"note: {out} was left by a run that did not finish (process {holder.pid}")
     assert store.hold(str(tmp_path / "fresh")) is None
 

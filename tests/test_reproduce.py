@@ -1,6 +1,7 @@
 """reproduce.py: the queue's commands resume the committed folders, one precision each, and a
 folder this machine cannot compute natively is skipped while the queue goes on."""
 
+import json
 import os
 import subprocess
 
@@ -71,8 +72,6 @@ def test_a_missing_source_is_one_line():
 
 
 def test_compare_pairs_the_seeds_both_folders_have(monkeypatch, tmp_path, capsys):
-    import json
-
     for folder, algorithm, errors in (("a", "oracle", [0.30, 0.40, 0.35]), ("b", "em", [0.40, 0.45])):
         (tmp_path / folder).mkdir()
         cells = [{"algorithm": algorithm, "redundancy": 1, "seed": s, "test_error": e} for s, e in enumerate(errors)]
@@ -95,3 +94,32 @@ def test_the_status_reads_cells_and_time_from_a_dry_run():
     assert reproduce.dry_run_estimate(printed) == (2, 1.8 * 3600)
     assert reproduce.dry_run_estimate(printed.replace("1.8 h", "41 min")) == (2, 41 * 60)
     assert reproduce.dry_run_estimate("0 cells to run\n") == (0, 0.0)
+
+
+def test_the_status_beside_a_training_uses_the_speed_recorded_here_and_times_nothing(monkeypatch, tmp_path, capsys):
+    here = {"cpu": "a CPU", "cpu_flags": ["avx2"], "cores": 2}
+    monkeypatch.setattr(reproduce.store, "machine", lambda: here)
+    monkeypatch.setattr(reproduce, "ROOT", str(tmp_path))
+    monkeypatch.setattr(reproduce, "QUEUE", (reproduce.Folder("results/a", ("--preset", "cpu"), "bf16"),
+                                             reproduce.Folder("results/b", ("--preset", "cpu", "--gamma", "0.6"),
+                                                              "fp32")))
+    cells = [{"precision": "bf16", "machine": here, "train_img_per_s": v} for v in (800.0, 900.0, 1300.0)]
+    cells.append({"precision": "bf16", "machine": {**here, "cpu": "another"}, "train_img_per_s": 10.0})
+    (tmp_path / "results/a").mkdir(parents=True)
+    (tmp_path / "results/a/results.json").write_text(json.dumps({"cells": cells}))
+    assert reproduce.recorded_speed("bf16") == 900.0 and reproduce.recorded_speed("fp32") is None
+    monkeypatch.setattr(reproduce, "native_problem", lambda precision, gpus: None)
+    monkeypatch.setattr(reproduce.store, "in_use", lambda out: "process 7 on vm" if out.endswith("results/a") else None)
+    asked = []
+
+    def fake_estimate(folder, source, extra, speed=None):
+        asked.append((folder.out, speed))
+        return 2, 0 if speed is None else 1800.0 * 900 / speed
+
+    monkeypatch.setattr(reproduce, "estimate", fake_estimate)
+    assert reproduce.status(reproduce.CIFAR, [], ()) == 0
+    out = capsys.readouterr().out
+    assert asked == [("results/a", 900.0), ("results/b", 1.0)]  # nothing timed: a speed for every dry run
+    assert "note: results/a is in training now (process 7 on vm)" in out
+    assert "about 30 min (in training now)" in out and "not timed beside a training (no fp32 cell made here" in out
+    assert "in all, about 30 min here, 1 folders not timed" in out
