@@ -484,9 +484,9 @@ def dry_run(config, experiment, cells, speed=None):
         timed = "given by --speed"
     saved = lambda s, r, n: os.path.exists(store.bootstrap_path(config.out, s, r, n))  # noqa: E731
     per_epoch = {(s, r, n): len(experiment.pool) if config.epoch_images == "all" else n for s, r, n, _ in cells}
-    count = {c: settings.trainings(config, c, cells, saved) for c in cells}
-    images = sum(count[c] * stages * config.epochs * per_epoch[c[:3]] for c in cells)
-    print(f"{len(cells)} cells, at most {sum(count.values()) * stages} trainings ({stages} stage"
+    shares = {c: settings.trainings(config, c, cells, saved) for c in cells}
+    images = round(sum(sum(shares[c]) * stages * config.epochs * per_epoch[c[:3]] for c in cells))
+    print(f"{len(cells)} cells, at most {sum(map(len, shares.values())) * stages} trainings ({stages} stage"
           f"{'s' * (stages > 1)} each) of {config.epochs} epochs: {images:,} training images; at {speed:.0f} img/s "
           f"({timed}) about {format_seconds(images / speed)}, evaluation not counted")
     return 0

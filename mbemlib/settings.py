@@ -408,12 +408,17 @@ def comparable(config):
 
 
 def trainings(config, cell, cells, saved_bootstrap):
-    """How many models a cell trains (at most: targets that turn out equal share one, as label-only
-    EM's at r = 1 may), each `stages` times: MV and WMV share one at r = 1, MBEM trains `rounds`
-    and, without a WMV cell or a saved WMV model, its bootstrap too."""
+    """The models a cell trains (at most: targets that turn out equal share one, as label-only EM's
+    at r = 1 may), each as the share of the cell's items it trains on, each `stages` times: MV and
+    WMV share one at r = 1; MBEM trains `rounds` and, without a WMV cell or a saved WMV model, its
+    bootstrap too; CROWDLAB one per fold on the other folds' items, then its final one."""
     seed, r, n, algorithm = cell
     if algorithm == "wmv" and r == 1 and (seed, r, n, "mv") in cells:
-        return 0
+        return []
     if algorithm == "mbem":
-        return config.rounds + ((seed, r, n, "wmv") not in cells and not saved_bootstrap(seed, r, n))
-    return 1
+        return [1.0] * (config.rounds + ((seed, r, n, "wmv") not in cells and not saved_bootstrap(seed, r, n)))
+    if algorithm == "crowdlab":
+        from mbemlib.crowd_methods import CROWDLAB_FOLDS  # torch: only where CROWDLAB runs
+
+        return [(CROWDLAB_FOLDS - 1) / CROWDLAB_FOLDS] * CROWDLAB_FOLDS + [1.0]
+    return [1.0]

@@ -254,6 +254,21 @@ def test_a_long_run_shows_its_progress_and_keeps_each_epoch(torch_smoke):
         assert {"loss", "train_acc", "lr", "updates", "val_acc"} <= set(history[0])
 
 
+def test_each_cell_counts_the_trainings_it_makes_and_their_items():
+    """What the dry run's estimate adds up: MV and WMV share a model at r = 1, MBEM trains its
+    rounds and its bootstrap when nothing gives it one, CROWDLAB a model per fold on the other
+    fold's half of the items, then its final one (so two trainings' images in all)."""
+    config, _, _ = settings.parse(["--preset", "cpu", "--rounds", "2"])
+    cells = [(0, 1, 50000, "mv"), (0, 1, 50000, "wmv"), (0, 3, 16666, "mbem"), (0, 3, 16666, "crowdlab")]
+    never, always = (lambda s, r, n: False), (lambda s, r, n: True)
+    assert settings.trainings(config, cells[0], cells, never) == [1.0]
+    assert settings.trainings(config, cells[1], cells, never) == []
+    assert settings.trainings(config, cells[2], cells, never) == [1.0] * 3  # two rounds and the bootstrap
+    assert settings.trainings(config, cells[2], cells, always) == [1.0] * 2
+    assert settings.trainings(config, cells[2], cells + [(0, 3, 16666, "wmv")], never) == [1.0] * 2
+    assert settings.trainings(config, cells[3], cells, never) == [0.5, 0.5, 1.0]
+
+
 @pytest.mark.slow
 def test_dry_run_counts_cells_and_trainings_and_writes_nothing(tmp_path):
     result = run(*TORCH_SMOKE, "--out", tmp_path / "x", "--dry-run")
