@@ -66,8 +66,8 @@ CLASS_WISE_R1 = (*MBEM_R1, "--worker-model", "class-wise")
 # How Crowd Layer and CoNAL train: bench/crowd_sweep.py's choice on noisy validation labels.
 CROWD = ("--crowdlayer-optimizer", "authors", "--conal-optimizer", "release", "--conal-omega", "features")
 # The order is the order of the questions: the first panel and its variants (finished), the oracle
-# (is the bootstrap model what claim 2 lacks?), Algorithm 1's T and q and a corrected M-step, then
-# the paper's other panels.
+# (is the bootstrap model what claim 2 lacks?), Algorithm 1's T and q and a corrected M-step, the
+# paper's other panels (each with its corrected step), then the field's methods.
 QUEUE = (
     Folder("results/cpu", ("--preset", "cpu"), "bf16"),
     Folder("results/cpu-rounds", (*MBEM_R1, "--rounds", "2", "--class-prior"), "bf16", bootstrap="results/cpu"),
@@ -103,6 +103,11 @@ QUEUE = (
     Folder("results/class-wise-gamma0.6-per-class-coin", (*CLASS_WISE_R1, "--gamma", "0.6", "--mbem-step",
                                                           "per-class-coin"), "bf16",
            bootstrap="results/class-wise-gamma0.6"),
+    # its first cells were made in fp32 on an AVX2 CPU: a CPU without native bf16 advances it
+    Folder("results/hammer-spammer-gamma0.6", ("--preset", "cpu", "--gamma", "0.6"), "fp32"),
+    # does the one-coin step keep MBEM's lead where the bootstrap model is better (gamma 0.6)?
+    Folder("results/hammer-spammer-gamma0.6-one-coin", (*MBEM_R1, "--gamma", "0.6", "--mbem-step", "one-coin"),
+           "fp32", bootstrap="results/hammer-spammer-gamma0.6"),
     # the field's methods on results/cpu's labels and CIFAR-10N's, trained as bench/crowd_sweep.py chose
     # (docs/beyond-mbem.md); Crowd Layer and CoNAL once more for as many epochs as MBEM's two trainings
     Folder("results/field-cpu", ("--preset", "cpu", "--algorithms", "crowdlab,crowdlayer,conal", "--redundancy", "1,3",
@@ -111,11 +116,6 @@ QUEUE = (
                                       "crowdlayer,conal", "--redundancy", "1", *CROWD), "bf16", annotations=True),
     Folder("results/field-cpu-20-epochs", ("--preset", "cpu", "--algorithms", "crowdlayer,conal", "--redundancy", "1",
                                            "--epochs", "20", *CROWD), "bf16"),
-    # its first cells were made in fp32 on an AVX2 CPU: a CPU without native bf16 advances it
-    Folder("results/hammer-spammer-gamma0.6", ("--preset", "cpu", "--gamma", "0.6"), "fp32"),
-    # does the one-coin step keep MBEM's lead where the bootstrap model is better (gamma 0.6)?
-    Folder("results/hammer-spammer-gamma0.6-one-coin", (*MBEM_R1, "--gamma", "0.6", "--mbem-step", "one-coin"),
-           "fp32", bootstrap="results/hammer-spammer-gamma0.6"),
 )
 
 
