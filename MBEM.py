@@ -56,7 +56,7 @@ class Trained:
 # ----------------------------------------------------------------------------- the paper's algorithm
 
 # MBEM's M-steps corrected for the model's own errors (docs/worker-estimates.md), by --mbem-step
-CORRECTED_STEPS = {"one-coin": agg.one_coin_step, "per-class-coin": agg.per_class_coin_step}
+CORRECTED_STEPS = {name: step for name, step in agg.MBEM_STEPS.items() if name != "release"}
 
 
 def mbem(ann, bootstrap, train, rounds=1, class_prior=False, step="release"):

@@ -113,6 +113,9 @@ def parser():
         s = setting[name]
         p.add_argument(s.flag, type=s.type, choices=s.choices, default=s.default,
                        help=f"{s.help}, for a simulated crowd (default {s.default})")
+    s = setting["mbem_step"]
+    p.add_argument(s.flag, choices=s.choices, default=s.default, help=f"{s.help}, for mbem's targets (default "
+                   f"{s.default}, as MBEM.py)")
     p.add_argument("--classes", type=number(int, 2), default=10, help="classes K of a simulated crowd (default 10)")
     p.add_argument("--budget", type=number(int, 1), default=50000, help="total labels to buy (default 50000)")
     defaults = {"redundancy": "1,2,3,5,7,9", "algorithms": ",".join(DEFAULT_METHODS),
@@ -170,7 +173,7 @@ def main(argv=None):
         classifier = Classifier.of(args.learning_curve, pools[0].K, args.noisy_run)
         print(f"classifier: clean test error {classifier.c:.3g} n^-{classifier.beta:.3f}, "
               f"copying lambda {classifier.copying:.3g}, repeating mu {classifier.repeating:.3g}")
-        rows = plan(pools, args.budget, sorted(set(args.redundancy)), methods, classifier, args.seed)
+        rows = plan(pools, args.budget, sorted(set(args.redundancy)), methods, classifier, args.seed, args.mbem_step)
     except InputError as err:
         print(f"plan.py: error: {err}", file=sys.stderr)
         return 2

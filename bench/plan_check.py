@@ -51,7 +51,8 @@ def check(folder, curve_points, repeats, seed):
     pools, source = pools_of(config, sorted({c['seed'] for c in saved['cells']}), repeats, seed)
     redundancies = sorted({r for by_r in errors.values() for r in by_r})
     curve = planning.Classifier.fit(curve_points, pools[0].K)
-    rows = planning.plan(pools, config["budget"], redundancies, list(errors), curve, seed)
+    rows = planning.plan(pools, config["budget"], redundancies, list(errors), curve, seed,
+                         config.get("mbem_step", "release"))  # the step the folder's MBEM cells used
     table, best = planning.summary(rows, list(errors))
     lines = []
     for method, by_r in errors.items():

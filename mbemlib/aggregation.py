@@ -345,6 +345,11 @@ def precision_from_best_rows(agreement, labelled, top=0.1, least=10):
     return rho
 
 
+# MBEM's M-steps by --mbem-step: the release's, and the two corrected for the model's own errors
+# (docs/worker-estimates.md); each is step(ann, model_probs) -> (posterior, confusions, extra)
+MBEM_STEPS = {"release": mbem_step, "one-coin": one_coin_step, "per-class-coin": per_class_coin_step}
+
+
 def worker_accuracy(confusions):
     """Per-worker accuracy under a uniform class distribution: mean of the diagonal of pi_a."""
     return np.diagonal(confusions, axis1=1, axis2=2).mean(axis=1)

@@ -107,13 +107,13 @@ def mbem(answers, model_probs, workers=None, labels=None, class_prior=False):
 
 def plan(answers=None, workers=None, labels=None, *, budget, redundancy=(1, 2, 3, 5, 7, 9),
          methods=planner.DEFAULT_METHODS, learning_curve=planner.DEFAULT_CURVE, noisy_run=None, repeats=5,
-         seed=0, simulated=None):
+         seed=0, simulated=None, mbem_step="release"):
     """How many labels per item a budget should buy (plan.py's model, docs/planning.md): from pilot
     labels (as `aggregate` takes them, some items labelled more than once) or, with `simulated`,
     a simulated crowd: dict(workers=100, gamma=0.2, worker_model="hammer-spammer", classes=10).
     learning_curve: (items, test error) points of your classifier on clean labels; noisy_run: one
     run on noisy labels, (items, label accuracy, test error[, share of training items predicted as
-    labelled]), as plan.py's --noisy-run.
+    labelled]), as plan.py's --noisy-run; mbem_step: MBEM's M-step, as MBEM.py's --mbem-step.
 
     Returns (a DataFrame with a row per method and r: items, target_accuracy, clean_equivalent,
     predicted_error and each one's _sd over repeats; {method: recommended r})."""
@@ -125,6 +125,6 @@ def plan(answers=None, workers=None, labels=None, *, budget, redundancy=(1, 2, 3
         pools = planner.simulated_pools(repeats, crowd["workers"], crowd["classes"], crowd["gamma"],
                                         crowd["worker_model"], seed)
     classifier = planner.Classifier.of(learning_curve, pools[0].K, noisy_run)
-    rows = planner.plan(pools, budget, sorted(set(redundancy)), methods, classifier, seed)
+    rows = planner.plan(pools, budget, sorted(set(redundancy)), methods, classifier, seed, mbem_step)
     table, best = planner.summary(rows, methods)
     return planner.frame(table), {method: r for method, (r, _) in best.items()}

@@ -17,7 +17,8 @@ The model and its assumptions:
 2. The targets, by Monte Carlo: a whole collection of n items at r is drawn and aggregated exactly
    as MBEM.py aggregates it: mv (one-hot, ties at random), wmv (label shares), em (Dawid-Skene's
    posterior), oracle (the posterior under the pool's own confusions: the ceiling), mbem (one step
-   of Algorithm 1, as the release's `--rounds 1`, from the predictions on its training items of a
+   of Algorithm 1, as the release's `--rounds 1`, with the M-step `mbem_step` as MBEM.py's
+   --mbem-step, the release's by default, from the predictions on its training items of a
    model trained on wmv's targets: on a share mu of them it repeats the label it was trained on
    (the most frequent, ties at random: what it memorised), on the others it is right with
    probability rho and otherwise wrong uniformly, as on unseen images).
@@ -188,8 +189,9 @@ def collection(pool, n, r, rng):
     return agg.Annotations(*noise_sim.simulate_labels(truth, pool.confusions, r, rng), n, m, pool.K), truth
 
 
-def targets(method, ann, pool, truth, rng, rho=None, repeating=0.0):
-    """Training targets (n x K) of one method on a collection, as MBEM.py makes them (point 2)."""
+def targets(method, ann, pool, truth, rng, rho=None, repeating=0.0, mbem_step="release"):
+    """Training targets (n x K) of one method on a collection, as MBEM.py makes them (point 2);
+    mbem's M-step is `mbem_step`, one of aggregation.MBEM_STEPS, as MBEM.py's --mbem-step."""
     if method in agg.LABEL_ONLY:
         return agg.aggregate(ann, method, rng).posterior
     if method == "oracle":  # zeros lifted to 1e-10 as the release smooths, as MBEM.py's oracle has it
@@ -197,11 +199,11 @@ def targets(method, ann, pool, truth, rng, rho=None, repeating=0.0):
     if method == "mbem":
         repeated = rng.random(ann.n) < repeating
         predicted = np.where(repeated, agg.majority_vote(ann, rng), model_predictions(truth, rho, ann.K, rng))
-        return agg.mbem_step(ann, agg.one_hot(predicted, ann.K))[0]
+        return agg.MBEM_STEPS[mbem_step](ann, agg.one_hot(predicted, ann.K))[0]
     raise ValueError(f"{method!r}: the planner knows {', '.join(METHODS)}")
 
 
-def one_repeat(pool, budget, redundancies, methods, classifier, rng):
+def one_repeat(pool, budget, redundancies, methods, classifier, rng, mbem_step="release"):
     """Rows (r, n, method, target accuracy, clean-equivalent, predicted error, uncapped predicted
     error: the ranking's score) of one draw at every r."""
     rows = []
@@ -214,7 +216,7 @@ def one_repeat(pool, budget, redundancies, methods, classifier, rng):
             if method == "mbem":
                 accuracy, efficiency = found.get("wmv") or worth(targets("wmv", ann, pool, truth, rng), truth)
                 rho = 1.0 - float(classifier.predicted_error(n, efficiency, accuracy))
-            found[method] = worth(targets(method, ann, pool, truth, rng, rho, classifier.repeating), truth)
+            found[method] = worth(targets(method, ann, pool, truth, rng, rho, classifier.repeating, mbem_step), truth)
         for method in methods:
             accuracy, efficiency = found[method]
             score = float(classifier.predicted_error(n, efficiency, accuracy, cap=False))
@@ -222,8 +224,9 @@ def one_repeat(pool, budget, redundancies, methods, classifier, rng):
     return rows
 
 
-def plan(pools, budget, redundancies, methods=DEFAULT_METHODS, classifier=None, seed=0):
-    """Every repeat's rows: one per pool (a bootstrap fit or a simulated draw), see `one_repeat`."""
+def plan(pools, budget, redundancies, methods=DEFAULT_METHODS, classifier=None, seed=0, mbem_step="release"):
+    """Every repeat's rows: one per pool (a bootstrap fit or a simulated draw), see `one_repeat`;
+    mbem with the M-step `mbem_step` (aggregation.MBEM_STEPS)."""
     classifier = classifier or Classifier.fit(DEFAULT_CURVE, pools[0].K)
     too_many = [r for r in redundancies if r > len(pools[0].confusions)]
     if too_many:
@@ -232,7 +235,8 @@ def plan(pools, budget, redundancies, methods=DEFAULT_METHODS, classifier=None, 
     rows = []
     for repeat, pool in enumerate(pools):
         rng = np.random.default_rng([seed, repeat])
-        rows += [(repeat, *row) for row in one_repeat(pool, budget, redundancies, methods, classifier, rng)]
+        rows += [(repeat, *row) for row in one_repeat(pool, budget, redundancies, methods, classifier, rng,
+                                                      mbem_step)]
     return rows
 
 

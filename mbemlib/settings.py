@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from importlib.util import find_spec
 
 import noise_sim
-from mbemlib.aggregation import END_TO_END, FIELD, METHODS, canonical, runs_at
+from mbemlib.aggregation import END_TO_END, FIELD, MBEM_STEPS, METHODS, canonical, runs_at
 from mbemlib.cli import INSTALL, Parser, csv_list, number, output_problem
 from mbemlib.pipeline import gpu_ids, stages
 
@@ -90,7 +90,7 @@ SETTINGS = (
             "estimated as the best workers' agreement with it: aggregation.one_coin_step) or per-class-coin (a coin "
             "per worker and class, corrected for the model's precision on each class, estimated from the best workers "
             "on it: aggregation.per_class_coin_step); docs/worker-estimates.md",
-            choices=("release", "one-coin", "per-class-coin")),
+            choices=tuple(MBEM_STEPS)),
     Setting("class_prior", False, "use the class prior q in MBEM's E-step (the paper's Algorithm 1; the release has "
             "none); with a weak bootstrap model q imports its errors (docs/reproducing.md: results/cpu-rounds)",
             switch=True),

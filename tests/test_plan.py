@@ -222,3 +222,19 @@ def test_a_ranking_at_chance_is_flagged():
     healthy = run_script("plan.py", "--gamma", "0.8", "--workers", "20", "--budget", "3000", "--redundancy", "1,3",
                          "--repeats", 2)
     assert healthy.returncode == 0 and "near chance" not in healthy.stdout
+
+
+def test_the_planners_mbem_takes_the_m_step_mbem_py_is_given():
+    """With the model right on half its items, the release's step rates every hammer at the model's
+    accuracy, and the corrected steps near 1: their targets at r = 1 are worth more, as
+    bench/targets.py measured on the committed bootstrap files; the command takes the step by name."""
+    pool = planning.simulated_pool(100, 10, 0.2, "hammer-spammer", np.random.default_rng(0))
+    ann, truth = planning.collection(pool, 20000, 1, np.random.default_rng(1))
+    worth = {step: planning.worth(planning.targets("mbem", ann, pool, truth, np.random.default_rng(2), rho=0.5,
+                                                   mbem_step=step), truth)[1] for step in agg.MBEM_STEPS}
+    oracle = planning.worth(planning.targets("oracle", ann, pool, truth, None), truth)[1]
+    assert worth["release"] < 0.8 * worth["one-coin"] and worth["one-coin"] <= oracle * 1.05
+    assert worth["per-class-coin"] > worth["release"]
+    result = run_script("plan.py", "--budget", "3000", "--workers", "30", "--redundancy", "1,3", "--repeats", "2",
+                        "--algorithms", "mbem", "--mbem-step", "one-coin")
+    assert result.returncode == 0 and "recommended r: mbem " in result.stdout, result.stderr
