@@ -153,14 +153,16 @@ QUESTIONS = (
     ("per-class-coin MBEM r=1 - per-class-coin MBEM r=3, class-wise gamma 0.2",
      ("results/class-wise-gamma0.2-per-class-coin", "mbem", 1),
      ("results/class-wise-gamma0.2-per-class-coin", "mbem", 3)),
-    *((f"per-class-coin MBEM r=1 - {what}", (f"results/{setting}-per-class-coin", "mbem", 1), (folder, method, 1))
-      for setting, what, folder, method in (
-          ("cpu", "the release's MBEM r=1", "results/cpu", "mbem"),
-          ("cpu", "one-coin MBEM r=1", "results/cpu-one-coin", "mbem"),
-          ("cpu", "oracle r=1", "results/cpu-oracle", "oracle"),
-          ("cifar10n", "the release's MBEM, CIFAR-10N r=1", "results/cifar10n", "mbem"),
-          ("cifar10n", "MV, CIFAR-10N r=1", "results/cifar10n", "mv"),
-          ("cifar10n", "one-coin MBEM, CIFAR-10N r=1", "results/cifar10n-one-coin", "mbem"))),
+    *((f"per-class-coin MBEM r=1 - {what}", (f"results/{setting}-per-class-coin", "mbem", 1), other)
+      for setting, what, other in (
+          ("cpu", "the release's MBEM r=1", ("results/cpu", "mbem", 1)),
+          ("cpu", "one-coin MBEM r=1", ("results/cpu-one-coin", "mbem", 1)),
+          ("cpu", "oracle r=1", ("results/cpu-oracle", "oracle", 1)),
+          ("cpu", "label-only EM r=3", ("results/cpu", "em", 3)),
+          ("cpu", "label-only EM r=5", ("results/cpu", "em", 5)),
+          ("cifar10n", "the release's MBEM, CIFAR-10N r=1", ("results/cifar10n", "mbem", 1)),
+          ("cifar10n", "MV, CIFAR-10N r=1", ("results/cifar10n", "mv", 1)),
+          ("cifar10n", "one-coin MBEM, CIFAR-10N r=1", ("results/cifar10n-one-coin", "mbem", 1)))),
     *((f"{name} - MBEM, r={r}", ("results/field-cpu", method, r), ("results/cpu", "mbem", r))
       for method, name in (("crowdlab", "CROWDLAB"), ("crowdlayer", "Crowd Layer"), ("conal", "CoNAL"))
       for r in (1, 3) if not (method == "crowdlab" and r == 1)),
