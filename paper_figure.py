@@ -13,6 +13,10 @@ release's plots (no label-only EM there). A different dataset and network: compa
 (does every method's error rise with r, is MBEM lowest at every r, how large is its lead), not
 the levels.
 
+MBEM with a corrected M-step (--mbem-step one-coin or per-class-coin, beyond the paper:
+docs/worker-estimates.md) is drawn dashed in its panel from the folders that hold it (--corrected;
+by default those in the queue, with the default panels); the claims are the release's MBEM's.
+
 Writes the figure and, beside it, a CSV of every plotted point; prints per panel the shapes and
 the three claims, then the verdicts as one Markdown table (each with the difference nearest to
 refuting it):
@@ -41,6 +45,13 @@ PAPER_CSV = "../shared/data/paper-figure/imagenet-figure.csv"
 ALGORITHMS = ("mv", "wmv", "em", "mbem")
 COLOR = {a: f"C{i}" for i, a in enumerate(ALGORITHMS)}
 PANEL_KEYS = {"worker_model", "gamma", "out"}  # what may differ between the panels' configs
+# MBEM with a corrected M-step (--mbem-step, beyond the paper: docs/worker-estimates.md), drawn
+# dashed beside each panel's MBEM; what else such a folder may set apart from its panel's
+CORRECTED = ["results/cpu-one-coin", "results/cpu-one-coin-r3", "results/cpu-per-class-coin",
+             "results/class-wise-gamma0.2-per-class-coin", "results/class-wise-gamma0.6-per-class-coin",
+             "results/hammer-spammer-gamma0.6-one-coin"]
+STEP_KEYS = PANEL_KEYS | {"mbem_step", "algorithms", "redundancy", "plan", "precision", "gpus"}
+STEP_MARKER = {"one-coin": "v", "per-class-coin": "^"}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -62,6 +73,44 @@ def read_panels(folders):
             raise InputError(f"{folder}: a second folder for {key[0]}, gamma {key[1]}")
         panels[key] = results
     return panels
+
+
+def panel_of(folder):
+    """(worker_model, gamma) of a folder's run."""
+    with open(os.path.join(folder, "results.json")) as f:
+        config = json.load(f)["config"]
+    return config["worker_model"], float(config["gamma"])
+
+
+def read_corrected(folders, panels):
+    """{(worker_model, gamma): {step: {r: {seed: MBEM's test error}}}} from folders of MBEM cells
+    with a corrected M-step, those of one panel and step pooled (one folder per r is how they are
+    made); one line for a folder that is missing, uses the release's step, has no panel here or
+    was run with another protocol than its panel's."""
+    corrected = {}
+    for folder in folders:
+        path = os.path.join(folder, "results.json")
+        if not os.path.isfile(path):
+            raise InputError(f"{folder}: no results.json")
+        with open(path) as f:
+            results = json.load(f)
+        config = results["config"]
+        key, step = (config["worker_model"], float(config["gamma"])), config.get("mbem_step") or "release"
+        if step == "release":
+            raise InputError(f"{folder}: its MBEM uses the release's M-step; give it as a panel instead")
+        if key not in panels:
+            raise InputError(f"{folder}: no panel here for {key[0]} workers with gamma {key[1]}")
+        panel = panels[key]
+        if differ := sorted(k for k in set(config) & set(panel["config"])  # a setting added since is its default
+                            if k not in STEP_KEYS and config[k] != panel["config"][k]):
+            raise InputError(f"{folder}: run with another {', '.join(differ)} than {panel['config']['out']}")
+        if precision_of(results) != precision_of(panel):
+            raise InputError(f"{folder}: trained in {precision_of(results)}, its panel in {precision_of(panel)}")
+        by_r = corrected.setdefault(key, {}).setdefault(step, {})
+        for c in results["cells"]:
+            if c["algorithm"] == "mbem":
+                by_r.setdefault(c["redundancy"], {})[c["seed"]] = c["test_error"]
+    return corrected
 
 
 def protocol_differences(panels):
@@ -150,7 +199,19 @@ def format_difference(label, d):
     return f"      {label:<26} {d['mean']:+.4f}{ci}  {d['wins']} of {len(d['seeds'])} seeds"
 
 
-def format_panel(key, results, paper_curves):
+def step_points(by_r):
+    """{r: (mean, 95% low, high, seeds)} of one corrected step's MBEM errors {r: {seed: error}}."""
+    return {r: (*interval([by_seed[s] for s in sorted(by_seed)]), len(by_seed)) for r, by_seed in sorted(by_r.items())}
+
+
+def format_steps(steps):
+    """One line for a panel's MBEM with corrected M-steps, or none."""
+    parts = [f"{step}: " + ", ".join(f"r={r} {m:.4f} ({k} seed{'s' * (k > 1)})" for r, (m, _, _, k) in
+                                     step_points(by_r).items()) for step, by_r in steps.items()]
+    return [f"  MBEM with a corrected M-step (beyond the paper): {'; '.join(parts)}"] if parts else []
+
+
+def format_panel(key, results, paper_curves, steps=None):
     head = f"\n{key[0]} workers, gamma {key[1]} (the release's {RELEASE_FILE[key]})"
     if results is None:
         return head + ": no results folder"
@@ -165,7 +226,7 @@ def format_panel(key, results, paper_curves):
     for claim, (answer, diffs) in claims(cells).items():
         lines.append(f"  claim {claim}: {answer}")
         lines += [format_difference(label, d) for label, d in diffs]
-    return "\n".join(lines)
+    return "\n".join(lines + format_steps(steps or {}))
 
 
 def precision_of(results):
@@ -209,10 +270,17 @@ def verdict_table(panels):
     return lines
 
 
-def points(panels, paper):
-    """Every plotted point, ours (mean and 95% interval) and the paper's, as CSV rows."""
+def points(panels, paper, corrected=None):
+    """Every plotted point, ours (mean and 95% interval; MBEM with a corrected M-step as
+    `mbem (<step>)`) and the paper's, as CSV rows."""
     rows = []
     for key in PANELS:
+        for step, by_r in (corrected or {}).get(key, {}).items():
+            rows += [{"source": "ours, CIFAR-10", "worker_model": key[0], "gamma": key[1],
+                      "algorithm": f"mbem ({step})", "redundancy": r, "seeds": k, "test_error": round(mean, 5),
+                      "ci_low": None if low is None else round(low, 5),
+                      "ci_high": None if high is None else round(high, 5)}
+                     for r, (mean, low, high, k) in step_points(by_r).items()]
         for algorithm, by_r in report.summarise(panels[key]["cells"]).items() if key in panels else []:
             for r, values in sorted(by_r.items()):
                 mean, low, high = interval(values)
@@ -227,7 +295,13 @@ def points(panels, paper):
     return rows
 
 
-def plot(panels, paper, out):
+def errorbar(ax, rs, stats, **style):
+    """Means and 95% intervals at each r (one seed: no interval)."""
+    err = [[0 if lo is None else m - lo for m, lo, _ in stats], [0 if hi is None else hi - m for m, _, hi in stats]]
+    ax.errorbar(rs, [m for m, _, _ in stats], yerr=err, capsize=3, **style)
+
+
+def plot(panels, paper, out, corrected=None):
     plt = report.pyplot()
     rows = 2 if paper else 1
     fig, axes = plt.subplots(rows, len(PANELS), figsize=(4 * len(PANELS), 3.6 * rows), squeeze=False,
@@ -240,11 +314,12 @@ def plot(panels, paper, out):
         for algorithm in (a for a in ALGORITHMS if a in ours):
             by_r = ours[algorithm]
             rs = sorted(by_r)
-            stats = [interval(by_r[r]) for r in rs]
-            err = [[0 if lo is None else m - lo for m, lo, _ in stats],  # one seed: no interval
-                   [0 if hi is None else hi - m for m, _, hi in stats]]
-            ax.errorbar(rs, [m for m, _, _ in stats], yerr=err, marker="o", capsize=3, color=COLOR[algorithm],
-                        label=report.NAMES[algorithm])
+            errorbar(ax, rs, [interval(by_r[r]) for r in rs], marker="o", color=COLOR[algorithm],
+                     label=report.NAMES[algorithm])
+        for step, by_r in (corrected or {}).get(key, {}).items():
+            stats = step_points(by_r)
+            errorbar(ax, list(stats), [v[:3] for v in stats.values()], marker=STEP_MARKER.get(step, "x"),
+                     linestyle="--", color=COLOR["mbem"], alpha=0.7, label=f"MBEM, --mbem-step {step}")
         done = len({c["seed"] for c in cells})
         planned = len(results["config"]["seeds"]) if results else 0
         seeds = f"{done} of {planned} seeds" if done < planned else f"{done} seeds"
@@ -264,12 +339,16 @@ def plot(panels, paper, out):
     for ax in axes.ravel():
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("top-1 test error\n(mean, 95% t-interval)")
-    axes[0, 0].legend(fontsize=8)
+    handles = {}  # every line of the top row in one legend below it: the corrected steps may be in any panel
+    for ax in axes[0]:
+        handles.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
     if paper:
         axes[1, 0].set_ylabel("top-1 test error")
         axes[1, 0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.legend(handles.values(), [f"ours: {label}" for label in handles], loc="upper center", ncol=len(handles),
+               fontsize=8, bbox_to_anchor=(0.5, 0.0), frameon=False)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -281,11 +360,19 @@ def main(argv=None):
                    "its row is left out when the file is not there")
     p.add_argument("--out", default="results/paper-figure.png",
                    help="the figure, its CSV beside it (default: %(default)s)")
+    p.add_argument("--corrected", nargs="*", metavar="FOLDER",
+                   help="folders of MBEM with a corrected M-step (--mbem-step, beyond the paper), drawn dashed in "
+                        "their panel and left out of the claims (default, with the default panels: those of "
+                        f"{', '.join(CORRECTED)} that hold a results.json; --corrected alone: none)")
     args = p.parse_args(argv)
     if problem := output_problem(args.out):
         p.error(f"--out {args.out}: {problem}")
     try:
         panels = read_panels(args.folders or [f for f in FOLDERS if os.path.isfile(os.path.join(f, "results.json"))])
+        if args.corrected is None:  # the defaults go with the default panels, those whose panel is drawn
+            args.corrected = [] if args.folders else [f for f in CORRECTED if os.path.isfile(
+                os.path.join(f, "results.json")) and panel_of(f) in panels]
+        corrected = read_corrected(args.corrected, panels)
     except InputError as e:
         p.error(str(e))
     paper = read_paper(args.paper) if os.path.isfile(args.paper) else {}
@@ -293,12 +380,12 @@ def main(argv=None):
         print(f"note: {args.paper} not found: the paper's row is left out")
     if differ := protocol_differences(panels):
         print(f"warning: the panels' runs differ in {', '.join(differ)}: their shapes do not compare")
-    plot(panels, paper, args.out)
+    plot(panels, paper, args.out, corrected)
     table = os.path.splitext(args.out)[0] + ".csv"
-    report.write_csv(table, points(panels, paper), ["source", "worker_model", "gamma", "algorithm", "redundancy",
-                                                    "seeds", "test_error", "ci_low", "ci_high"])
+    columns = ["source", "worker_model", "gamma", "algorithm", "redundancy", "seeds", "test_error", "ci_low", "ci_high"]
+    report.write_csv(table, points(panels, paper, corrected), columns)
     for key in PANELS:
-        print(format_panel(key, panels.get(key), paper.get(key)))
+        print(format_panel(key, panels.get(key), paper.get(key), corrected.get(key)))
     print("\nthe verdicts, as a Markdown table:\n" + "\n".join(verdict_table(panels)))
     print(f"\nwrote {args.out} and {table}")
 

@@ -147,3 +147,36 @@ def test_the_verdict_table_names_each_panels_precision_and_nearest_difference(tm
     # claim 2: label-only EM's r = 1 is 0.06 above its r = 3 and 0.02 above its r = 5 in every seed
     assert rows[0].split(" | ")[3] == "no (2 of 8 against); nearest against: em r=1 - em r=3 +0.0600 [+0.060, +0.060]"
     assert [r.split(" | ")[1] for r in rows[1:]] == ["not run"] * 3
+
+
+def test_corrected_steps_are_drawn_beside_their_panel_and_checked_against_it(tmp_path):
+    """MBEM with a corrected M-step: folders of one panel and step pool into one line (one folder
+    per r, as they are made), its points go to the CSV, the claims stay the release's MBEM's; a
+    folder of the release's step, of a panel not drawn, or of another protocol is one line."""
+    hs = write_folder(tmp_path, "hs", "hammer-spammer", 0.2, mbem_wins_at_r1)
+
+    def corrected(name, r, step="one-coin", **config):
+        folder = write_folder(tmp_path, name, "hammer-spammer", 0.2, mbem_wins_at_r1, mbem_step=step, **config)
+        results = json.loads((folder / "results.json").read_text())
+        results["cells"] = [{"seed": s, "redundancy": r, "n": 600 // r, "algorithm": "mbem",
+                             "test_error": 0.3 + 0.01 * r + 0.01 * s} for s in SEEDS]
+        (folder / "results.json").write_text(json.dumps(results))
+        return folder
+
+    r1, r3 = corrected("coin-r1", 1), corrected("coin-r3", 3)
+    out = tmp_path / "figure.png"
+    result = run_script("paper_figure.py", hs, "--corrected", r1, r3, "--out", out, "--paper", tmp_path / "none.csv")
+    assert result.returncode == 0, result.stderr
+    line = "MBEM with a corrected M-step (beyond the paper): one-coin: r=1 0.3200 (3 seeds), r=3 0.3400 (3 seeds)"
+    assert line in result.stdout
+    assert "claim 1. MBEM below MV and WMV at every r: yes" in result.stdout  # the release's MBEM's, unchanged
+    with open(tmp_path / "figure.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["algorithm"] == "mbem (one-coin)"]
+    assert [(r["redundancy"], r["seeds"], r["test_error"]) for r in rows] == [("1", "3", "0.32"), ("3", "3", "0.34")]
+    panels = paper_figure.read_panels([hs])
+    for folder, message in ((corrected("release", 1, step="release"), "uses the release's M-step"),
+                            (write_folder(tmp_path, "cw", "class-wise", 0.2, mbem_wins_at_r1, mbem_step="one-coin"),
+                             "no panel here for class-wise workers with gamma 0.2"),
+                            (corrected("longer", 1, epochs=20), "run with another epochs than")):
+        with pytest.raises(paper_figure.InputError, match=message):
+            paper_figure.read_corrected([folder], panels)
