@@ -56,30 +56,33 @@ STEP_MARKER = {"one-coin": "v", "per-class-coin": "^"}
 
 # ----------------------------------------------------------------------------- reading
 
+def load(folder):
+    """A folder's results.json, or one line saying it has none."""
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        raise InputError(f"{folder}: no results.json (run MBEM.py with --out {folder} first)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def panel_of(results):
+    """(worker_model, gamma) of a run."""
+    return results["config"]["worker_model"], float(results["config"]["gamma"])
+
+
 def read_panels(folders):
     """{(worker_model, gamma): results} from each folder's results.json; one line for a folder that
     is missing, holds no run, or repeats a panel."""
     panels = {}
     for folder in folders:
-        path = os.path.join(folder, "results.json")
-        if not os.path.isfile(path):
-            raise InputError(f"{folder}: no results.json (run MBEM.py with --out {folder} first)")
-        with open(path) as f:
-            results = json.load(f)
-        key = (results["config"]["worker_model"], float(results["config"]["gamma"]))
+        results = load(folder)
+        key = panel_of(results)
         if key not in RELEASE_FILE:
             raise InputError(f"{folder}: {key[0]} workers with gamma {key[1]} are not one of the paper's four panels")
         if key in panels:
             raise InputError(f"{folder}: a second folder for {key[0]}, gamma {key[1]}")
         panels[key] = results
     return panels
-
-
-def panel_of(folder):
-    """(worker_model, gamma) of a folder's run."""
-    with open(os.path.join(folder, "results.json")) as f:
-        config = json.load(f)["config"]
-    return config["worker_model"], float(config["gamma"])
 
 
 def read_corrected(folders, panels):
@@ -89,13 +92,9 @@ def read_corrected(folders, panels):
     was run with another protocol than its panel's."""
     corrected = {}
     for folder in folders:
-        path = os.path.join(folder, "results.json")
-        if not os.path.isfile(path):
-            raise InputError(f"{folder}: no results.json")
-        with open(path) as f:
-            results = json.load(f)
+        results = load(folder)
         config = results["config"]
-        key, step = (config["worker_model"], float(config["gamma"])), config.get("mbem_step") or "release"
+        key, step = panel_of(results), config.get("mbem_step") or "release"
         if step == "release":
             raise InputError(f"{folder}: its MBEM uses the release's M-step; give it as a panel instead")
         if key not in panels:
@@ -371,7 +370,7 @@ def main(argv=None):
         panels = read_panels(args.folders or [f for f in FOLDERS if os.path.isfile(os.path.join(f, "results.json"))])
         if args.corrected is None:  # the defaults go with the default panels, those whose panel is drawn
             args.corrected = [] if args.folders else [f for f in CORRECTED if os.path.isfile(
-                os.path.join(f, "results.json")) and panel_of(f) in panels]
+                os.path.join(f, "results.json")) and panel_of(load(f)) in panels]
         corrected = read_corrected(args.corrected, panels)
     except InputError as e:
         p.error(str(e))
