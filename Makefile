@@ -60,7 +60,8 @@ bench: setup
 # Every committed CIFAR-10 results/ folder as one queue (reproduce.py: one training at a time, each
 # folder resumed, bf16 folders skipped on a CPU without native bf16), then the paper's figure:
 # hours on a CPU, see docs/reproducing.md. results-status: cells done and time left per folder.
-results: setup
+# The queue's last folders train the field's methods, so it installs their optional libraries.
+results: extras
 	$(BIN)/python reproduce.py
 
 results-status: setup
