@@ -296,7 +296,7 @@ def status(source, gpus, extra):
         print(f"note: {out} is in training now ({who}); the times below are at this machine's recorded speed "
               "per precision where it has one, not timed beside it")
     print(f"{'folder':{width}} {'cells':>9}  precision  time left here")
-    total, skipped, untimed = 0.0, 0, 0
+    total, skipped, untimed, speeds = 0.0, 0, 0, {}
     for folder in QUEUE:
         done = cells_done(folder)
         problem = native_problem(folder.precision, gpus) or prepare(folder)
@@ -304,7 +304,9 @@ def status(source, gpus, extra):
             skipped += 1
             print(f"{folder.out:{width}} {done:>5} of ?  {folder.precision:9}  skipped here: {problem}")
             continue
-        speed = recorded_speed(folder.precision) if training else None
+        if folder.precision not in speeds:  # each precision's cells read once
+            speeds[folder.precision] = recorded_speed(folder.precision) if training else None
+        speed = speeds[folder.precision]
         # beside a training, a precision never recorded here is not timed: any speed gives the cells left
         left, seconds = estimate(folder, source, extra, speed or (1.0 if training else None))
         if left is None:
