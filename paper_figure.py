@@ -113,9 +113,16 @@ def read_corrected(folders, panels):
 
 
 def protocol_differences(panels):
-    """The settings, other than the workers, in which the panels' runs differ (they should not)."""
-    configs = [{k: v for k, v in r["config"].items() if k not in PANEL_KEYS} for r in panels.values()]
-    return sorted({k for c in configs[1:] for k in c if c[k] != configs[0].get(k)})
+    """The settings, other than the workers, in which the panels' runs differ (they should not).
+    A setting one folder's config lacks was added after it was made, so it ran at the default and is
+    not compared; the precision is the cells' (a config may say auto), and no GPUs is no GPUs."""
+    configs = [{k: v or None if k == "gpus" else v for k, v in r["config"].items()
+                if k not in PANEL_KEYS | {"precision"}} for r in panels.values()]
+    shared = set.intersection(*(set(c) for c in configs)) if configs else set()
+    differ = {k for k in shared if any(c[k] != configs[0][k] for c in configs[1:])}
+    if len({precision_of(r) for r in panels.values()}) > 1:
+        differ.add("precision")
+    return sorted(differ)
 
 
 def read_paper(path, metric="top-1"):

@@ -126,6 +126,17 @@ def test_panels_run_with_different_protocols_are_flagged(tmp_path):
     assert "differ in epochs" in result.stdout and "the paper's row is left out" in result.stdout
 
 
+def test_a_setting_added_since_a_folder_was_made_is_not_a_protocol_difference():
+    # the first folders predate --mbem-step and say precision auto; their cells trained in bf16
+    old = {"config": {"worker_model": "hammer-spammer", "gamma": 0.2, "epochs": 10, "precision": "auto",
+                      "gpus": None}, "cells": [{"precision": "bf16"}]}
+    new = {"config": {"worker_model": "class-wise", "gamma": 0.2, "epochs": 10, "precision": "bf16", "gpus": [],
+                      "mbem_step": "release"}, "cells": [{"precision": "bf16"}]}
+    assert paper_figure.protocol_differences({"a": old, "b": new}) == []
+    fp32 = {"config": {**new["config"], "epochs": 20}, "cells": [{"precision": "fp32"}]}
+    assert paper_figure.protocol_differences({"a": old, "b": new, "c": fp32}) == ["epochs", "precision"]
+
+
 def test_the_shared_csv_holds_four_panels_where_mbem_is_lowest_and_r1_best():
     paper = paper_figure.read_paper(shared_path("paper-figure", "imagenet-figure.csv"))
     assert set(paper) == set(paper_figure.PANELS)
