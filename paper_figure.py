@@ -116,7 +116,7 @@ def protocol_differences(panels):
     """The settings, other than the workers, in which the panels' runs differ (they should not).
     A setting one folder's config lacks was added after it was made, so it ran at the default and is
     not compared; the precision is the cells' (a config may say auto), and no GPUs is no GPUs."""
-    configs = [{k: v or None if k == "gpus" else v for k, v in r["config"].items()
+    configs = [{k: (v or None) if k == "gpus" else v for k, v in r["config"].items()
                 if k not in PANEL_KEYS | {"precision"}} for r in panels.values()]
     shared = set.intersection(*(set(c) for c in configs)) if configs else set()
     differ = {k for k in shared if any(c[k] != configs[0][k] for c in configs[1:])}
