@@ -60,10 +60,10 @@ def check(folder, curve_points, repeats, seed):
         predicted = [table[method][r][3][0] for r in rs]
         worth = [table[method][r][2][0] for r in rs]
         measured_best = rs[int(np.argmin(list(by_r.values())))]
-        rho = spearmanr(list(by_r.values()), [-w for w in worth])[0] if len(rs) > 2 else float("nan")
+        rho = f"{spearmanr(list(by_r.values()), [-w for w in worth])[0]:+.2f}" if len(rs) > 2 else ""
         lines.append(f"| {folder} | {method} | " + " / ".join(f"{e:.3f}" for e in by_r.values()) + " | " +
                      " / ".join(f"{e:.3f}" for e in predicted) + f" | {measured_best} | {best[method][0]} "
-                     f"({best[method][1]:.0%}) | {rho:+.2f} |")
+                     f"({best[method][1]:.0%}) | {rho} |")
     return source, lines
 
 
