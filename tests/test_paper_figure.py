@@ -124,6 +124,14 @@ def test_panels_run_with_different_protocols_are_flagged(tmp_path):
     result = run_script("paper_figure.py", a, b, "--paper", tmp_path / "none.csv", "--out", tmp_path / "f.png")
     assert result.returncode == 0
     assert "differ in epochs" in result.stdout and "the paper's row is left out" in result.stdout
+    # precision alone is noted, not warned of: each panel's title names its own, and its shape holds
+    c = write_folder(tmp_path, "c", "class-wise", 0.6, mbem_wins_at_r1)
+    for folder, precision in ((a, "bf16"), (c, "fp32")):
+        results = json.loads((folder / "results.json").read_text())
+        results["cells"] = [{**cell, "precision": precision} for cell in results["cells"]]
+        (folder / "results.json").write_text(json.dumps(results))
+    result = run_script("paper_figure.py", a, c, "--paper", tmp_path / "none.csv", "--out", tmp_path / "g.png")
+    assert result.returncode == 0 and "differ in precision" in result.stdout and "warning" not in result.stdout
 
 
 def test_a_setting_added_since_a_folder_was_made_is_not_a_protocol_difference():
