@@ -91,9 +91,9 @@ def test_labels_and_label_only_targets_are_drawn_again_exactly(folder, cifar):
         elif algorithm == "oracle":
             targets, _ = oracle_targets(ann, workers)
         else:
-            continue  # mbem's and clean's targets: a trained model's, or the truth
+            continue  # mbem's and the field's targets are a trained model's, clean's the truth
         truth = cifar.train_labels[items]
         assert float((targets.argmax(axis=1) == truth).mean()) == pytest.approx(cell["label_accuracy"], abs=5e-6), \
             (seed, r, algorithm)
         checked += 1
-    assert checked or {c["algorithm"] for c in cells} <= {"mbem", "clean"}
+    assert checked or {c["algorithm"] for c in cells} <= {"mbem", "clean", *agg.FIELD}
