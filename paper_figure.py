@@ -387,8 +387,8 @@ def main(argv=None):
     differ = protocol_differences(panels)
     if "precision" in differ:  # bf16 and fp32 round differently: a panel's shape holds, levels across panels shift
         print("note: the panels' runs differ in precision (each panel's title names its own): compare their shapes")
-    if differ := [d for d in differ if d != "precision"]:
-        print(f"warning: the panels' runs differ in {', '.join(differ)}: their shapes do not compare")
+    if others := [d for d in differ if d != "precision"]:
+        print(f"warning: the panels' runs differ in {', '.join(others)}: their shapes do not compare")
     plot(panels, paper, args.out, corrected)
     table = os.path.splitext(args.out)[0] + ".csv"
     columns = ["source", "worker_model", "gamma", "algorithm", "redundancy", "seeds", "test_error", "ci_low", "ci_high"]
