@@ -119,6 +119,8 @@ QUEUE = (
 )
 
 
+FIELD_NAMES = (("crowdlab", "CROWDLAB"), ("crowdlayer", "Crowd Layer"), ("conal", "CoNAL"))
+
 # The questions the folders answer, each a paired difference of test error seed by seed (the
 # folders share their seeds' workers and labels): (what, (folder, algorithm, r), (folder, algorithm, r)).
 QUESTIONS = (
@@ -163,16 +165,22 @@ QUESTIONS = (
           ("cifar10n", "the release's MBEM, CIFAR-10N r=1", ("results/cifar10n", "mbem", 1)),
           ("cifar10n", "MV, CIFAR-10N r=1", ("results/cifar10n", "mv", 1)),
           ("cifar10n", "one-coin MBEM, CIFAR-10N r=1", ("results/cifar10n-one-coin", "mbem", 1)))),
-    *((f"{name} - MBEM, r={r}", ("results/field-cpu", method, r), ("results/cpu", "mbem", r))
-      for method, name in (("crowdlab", "CROWDLAB"), ("crowdlayer", "Crowd Layer"), ("conal", "CoNAL"))
-      for r in (1, 3) if not (method == "crowdlab" and r == 1)),
-    *((f"{name} - MV, r={r}", ("results/field-cpu", method, r), ("results/cpu", "mv", r))
-      for method, name in (("crowdlab", "CROWDLAB"), ("crowdlayer", "Crowd Layer"), ("conal", "CoNAL"))
-      for r in (1, 3) if not (method == "crowdlab" and r == 1)),
-    *((f"{name}, 20 epochs - MBEM, r=1", ("results/field-cpu-20-epochs", method, 1), ("results/cpu", "mbem", 1))
-      for method, name in (("crowdlayer", "Crowd Layer"), ("conal", "CoNAL"))),
-    *((f"{name} - {base.upper()}, CIFAR-10N r=1", ("results/field-cifar10n", method, 1), ("results/cifar10n", base, 1))
-      for method, name in (("crowdlayer", "Crowd Layer"), ("conal", "CoNAL")) for base in ("mbem", "mv")),
+    # the field's methods against three baselines: MV, the release's MBEM, and MBEM with the one-coin
+    # step (the best MBEM here at r = 1 and 3, simulated and real)
+    *((f"{name} - {what}, r={r}", ("results/field-cpu", method, r), base)
+      for method, name in FIELD_NAMES for r in (1, 3) if not (method == "crowdlab" and r == 1)
+      for what, base in (("MV", ("results/cpu", "mv", r)), ("the release's MBEM", ("results/cpu", "mbem", r)),
+                         ("one-coin MBEM", ("results/cpu-one-coin" if r == 1 else "results/cpu-one-coin-r3",
+                                            "mbem", r)))),
+    *((f"{name}, 20 epochs - {what}, r=1", ("results/field-cpu-20-epochs", method, 1), base)
+      for method, name in FIELD_NAMES[1:]
+      for what, base in ((f"{name}, 10 epochs", ("results/field-cpu", method, 1)),
+                         ("the release's MBEM", ("results/cpu", "mbem", 1)),
+                         ("one-coin MBEM", ("results/cpu-one-coin", "mbem", 1)))),
+    *((f"{name} - {what}, CIFAR-10N r=1", ("results/field-cifar10n", method, 1), base)
+      for method, name in FIELD_NAMES[1:]
+      for what, base in (("MV", ("results/cifar10n", "mv", 1)), ("the release's MBEM", ("results/cifar10n", "mbem", 1)),
+                         ("one-coin MBEM", ("results/cifar10n-one-coin", "mbem", 1)))),
 )
 
 
@@ -199,13 +207,15 @@ def compare(markdown=False):
     if markdown:
         print("| difference (test error) | mean | 95% interval | seeds |\n|---|---|---|---|")
     else:
-        print(f"{'question (test error, seed by seed)':48} {'seeds':>5} {'mean':>8}  95% interval        differences")
+        width = max(len(what) for what, *_ in QUESTIONS)
+        print(f"{'question (test error, seed by seed)':{width}} {'seeds':>5} {'mean':>8}  {'95% interval':18}  "
+              "differences")
     for what, a, b in QUESTIONS:
         first, second = test_errors(*a), test_errors(*b)
         seeds = sorted(first.keys() & second.keys())
         if not seeds:
             if not markdown:
-                print(f"{what:48} {'-':>5}  not run yet ({a[0] if not first else b[0]})")
+                print(f"{what:{width}} {'-':>5}  not run yet ({a[0] if not first else b[0]})")
             continue
         d = difference(seeds, [first[s] - second[s] for s in seeds])
         interval = "" if d["ci_low"] is None else f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
@@ -213,7 +223,7 @@ def compare(markdown=False):
         if markdown:
             print(f"| {what} | {d['mean']:+.4f} | {interval} | {differences} |")
         else:
-            print(f"{what:48} {len(seeds):>5} {d['mean']:+8.4f}  {interval:18}  {differences}")
+            print(f"{what:{width}} {len(seeds):>5} {d['mean']:+8.4f}  {interval:18}  {differences}")
     return 0
 
 
