@@ -114,7 +114,7 @@ QUEUE = (
                                  *CROWD), "bf16"),
     Folder("results/field-cifar10n", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV, "--algorithms",
                                       "crowdlayer,conal", "--redundancy", "1", *CROWD), "bf16", annotations=True),
-    Folder("results/field-cpu-20-epochs", ("--preset", "cpu", "--algorithms", "crowdlayer,conal", "--redundancy", "1",
+    Folder("results/field-cpu-20-epochs", ("--preset", "cpu", "--algorithms", "crowdlayer,conal", "--redundancy", "1,3",
                                            "--epochs", "20", *CROWD), "bf16"),
 )
 
@@ -172,11 +172,13 @@ QUESTIONS = (
       for what, base in (("MV", ("results/cpu", "mv", r)), ("the release's MBEM", ("results/cpu", "mbem", r)),
                          ("one-coin MBEM", ("results/cpu-one-coin" if r == 1 else "results/cpu-one-coin-r3",
                                             "mbem", r)))),
-    *((f"{name}, 20 epochs - {what}, r=1", ("results/field-cpu-20-epochs", method, 1), base)
-      for method, name in FIELD_NAMES[1:]
-      for what, base in ((f"{name}, 10 epochs", ("results/field-cpu", method, 1)),
-                         ("the release's MBEM", ("results/cpu", "mbem", 1)),
-                         ("one-coin MBEM", ("results/cpu-one-coin", "mbem", 1)))),
+    # 20 epochs: as many training images as MBEM's pipeline, a WMV model and MBEM's, 10 epochs each
+    *((f"{name}, 20 epochs - {what}, r={r}", ("results/field-cpu-20-epochs", method, r), base)
+      for method, name in FIELD_NAMES[1:] for r in (1, 3)
+      for what, base in ((f"{name}, 10 epochs", ("results/field-cpu", method, r)),
+                         ("the release's MBEM", ("results/cpu", "mbem", r)),
+                         ("one-coin MBEM", ("results/cpu-one-coin" if r == 1 else "results/cpu-one-coin-r3",
+                                            "mbem", r)))),
     *((f"{name} - {what}, CIFAR-10N r=1", ("results/field-cifar10n", method, 1), base)
       for method, name in FIELD_NAMES[1:]
       for what, base in (("MV", ("results/cifar10n", "mv", 1)), ("the release's MBEM", ("results/cifar10n", "mbem", 1)),
