@@ -185,6 +185,23 @@ QUESTIONS = (
                          ("one-coin MBEM", ("results/cifar10n-one-coin", "mbem", 1)))),
 )
 
+# The same for the error of the workers' estimated accuracy (each cell's worker_accuracy_mae): how well
+# the field's methods learn the workers beside MBEM, which learns them from its model's predictions.
+# MV is left out: at r = 1 it has no second label to judge a worker by.
+WORKER_QUESTIONS = (
+    *((f"{name} - {what}, r={r}", ("results/field-cpu", method, r), base)
+      for method, name in FIELD_NAMES for r in (1, 3) if not (method == "crowdlab" and r == 1)
+      for what, base in (("the release's MBEM", ("results/cpu", "mbem", r)),
+                         ("one-coin MBEM", ("results/cpu-one-coin" if r == 1 else "results/cpu-one-coin-r3",
+                                            "mbem", r)))),
+    *((f"{name} - {what}, CIFAR-10N r=1", ("results/field-cifar10n", method, 1), base)
+      for method, name in FIELD_NAMES[1:]
+      for what, base in (("the release's MBEM", ("results/cifar10n", "mbem", 1)),
+                         ("one-coin MBEM", ("results/cifar10n-one-coin", "mbem", 1)))),
+)
+MEASURES = (("test error", "test_error", "QUESTIONS"),
+            ("workers' accuracy, mean absolute error", "worker_accuracy_mae", "WORKER_QUESTIONS"))
+
 
 def folder_cells(folder):
     """A folder's cells as its results.json holds them ([] before it has any)."""
@@ -196,36 +213,40 @@ def folder_cells(folder):
 
 
 def compare(markdown=False):
-    """Each question's paired difference: mean, 95% t-interval, the seeds' differences; with
-    `markdown`, as the rows of the docs' tables (a question not yet run is left out)."""
+    """Each question's paired difference, of test error (QUESTIONS) and of the workers' estimated
+    accuracy (WORKER_QUESTIONS): mean, 95% t-interval, the seeds' differences; with `markdown`, as
+    the rows of the docs' tables (a question not yet run is left out)."""
     from mbemlib.report import difference
 
-    cells = {folder: folder_cells(folder) for _, *sides in QUESTIONS for folder, _, _ in sides}  # each read once
+    asked = [(label, key, globals()[name]) for label, key, name in MEASURES]
+    cells = {folder: folder_cells(folder) for *_, questions in asked for _, *sides in questions
+             for folder, _, _ in sides}  # each read once
+    width = max(len(what) for *_, questions in asked for what, *_ in questions)
 
-    def test_errors(folder, algorithm, r):
-        return {c["seed"]: c["test_error"] for c in cells[folder]
-                if c["algorithm"] == algorithm and c["redundancy"] == r}
+    def values(key, folder, algorithm, r):
+        return {c["seed"]: c[key] for c in cells[folder]
+                if c["algorithm"] == algorithm and c["redundancy"] == r and c.get(key) is not None}
 
-    if markdown:
-        print("| difference (test error) | mean | 95% interval | seeds |\n|---|---|---|---|")
-    else:
-        width = max(len(what) for what, *_ in QUESTIONS)
-        print(f"{'question (test error, seed by seed)':{width}} {'seeds':>5} {'mean':>8}  {'95% interval':18}  "
-              "differences")
-    for what, a, b in QUESTIONS:
-        first, second = test_errors(*a), test_errors(*b)
-        seeds = sorted(first.keys() & second.keys())
-        if not seeds:
-            if not markdown:
-                print(f"{what:{width}} {'-':>5}  not run yet ({a[0] if not first else b[0]})")
-            continue
-        d = difference(seeds, [first[s] - second[s] for s in seeds])
-        interval = "" if d["ci_low"] is None else f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
-        differences = " ".join(f"{x:+.4f}" for x in d["differences"])
+    for i, (label, key, questions) in enumerate(asked):
         if markdown:
-            print(f"| {what} | {d['mean']:+.4f} | {interval} | {differences} |")
+            print(("\n" if i else "") + f"| difference ({label}) | mean | 95% interval | seeds |\n|---|---|---|---|")
         else:
-            print(f"{what:{width}} {len(seeds):>5} {d['mean']:+8.4f}  {interval:18}  {differences}")
+            print(("\n" if i else "") + f"{f'question ({label}, seed by seed)':{width}} {'seeds':>5} {'mean':>8}  "
+                  f"{'95% interval':18}  differences")
+        for what, a, b in questions:
+            first, second = values(key, *a), values(key, *b)
+            seeds = sorted(first.keys() & second.keys())
+            if not seeds:
+                if not markdown:
+                    print(f"{what:{width}} {'-':>5}  not run yet ({a[0] if not first else b[0]})")
+                continue
+            d = difference(seeds, [first[s] - second[s] for s in seeds])
+            interval = "" if d["ci_low"] is None else f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+            differences = " ".join(f"{x:+.4f}" for x in d["differences"])
+            if markdown:
+                print(f"| {what} | {d['mean']:+.4f} | {interval} | {differences} |")
+            else:
+                print(f"{what:{width}} {len(seeds):>5} {d['mean']:+8.4f}  {interval:18}  {differences}")
     return 0
 
 

@@ -72,19 +72,27 @@ def test_a_missing_source_is_one_line():
 
 
 def test_compare_pairs_the_seeds_both_folders_have(monkeypatch, tmp_path, capsys):
-    for folder, algorithm, errors in (("a", "oracle", [0.30, 0.40, 0.35]), ("b", "em", [0.40, 0.45])):
+    for folder, algorithm, errors, maes in (("a", "oracle", [0.30, 0.40, 0.35], [0.1, 0.2, None]),
+                                            ("b", "em", [0.40, 0.45], [0.3, 0.5])):
         (tmp_path / folder).mkdir()
-        cells = [{"algorithm": algorithm, "redundancy": 1, "seed": s, "test_error": e} for s, e in enumerate(errors)]
+        cells = [{"algorithm": algorithm, "redundancy": 1, "seed": s, "test_error": e, "worker_accuracy_mae": m}
+                 for s, (e, m) in enumerate(zip(errors, maes, strict=True))]
         (tmp_path / folder / "results.json").write_text(json.dumps({"cells": cells}))
     monkeypatch.setattr(reproduce, "ROOT", str(tmp_path))
     monkeypatch.setattr(reproduce, "QUESTIONS", (("a - b", ("a", "oracle", 1), ("b", "em", 1)),
                                                  ("a - c", ("a", "oracle", 1), ("c", "mbem", 1))))
+    monkeypatch.setattr(reproduce, "WORKER_QUESTIONS", (("a - b", ("a", "oracle", 1), ("b", "em", 1)),))
     assert reproduce.compare() == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:4] == ["a", "-", "b", "2"] and "-0.0750" in lines[1] and "-0.1000 -0.0500" in lines[1]
     assert "not run yet (c)" in lines[2]
+    # the workers' error pairs its own seeds: seed 2 of a has none, so seeds 0 and 1
+    assert "mean absolute error" in lines[4] and "-0.2500" in lines[5] and "-0.2000 -0.3000" in lines[5]
     assert reproduce.compare(markdown=True) == 0
-    assert capsys.readouterr().out.splitlines()[2:] == ["| a - b | -0.0750 | [-0.393, +0.243] | -0.1000 -0.0500 |"]
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        "| a - b | -0.0750 | [-0.393, +0.243] | -0.1000 -0.0500 |", "",
+        "| difference (workers' accuracy, mean absolute error) | mean | 95% interval | seeds |", "|---|---|---|---|",
+        "| a - b | -0.2500 | [-0.885, +0.385] | -0.2000 -0.3000 |"]
 
 
 def test_the_status_reads_cells_and_time_from_a_dry_run():
