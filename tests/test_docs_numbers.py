@@ -1,0 +1,88 @@
+"""The test errors quoted in "Which method to train with" (README.md and docs/beyond-mbem.md) are
+the committed cells' means over seeds: a folder rerun or a cell added moves the number in the
+results, and this test says which prose went stale."""
+
+import csv
+import os
+import re
+import statistics
+
+import pytest
+
+from conftest import ROOT
+
+# Each table's row: its label's start and (simulated or real, r); each column: a method and the
+# folder holding its cells for a simulated crowd and for CIFAR-10N (None: not run there).
+ROWS = (("hammer-spammer", "r = 1", (False, 1)), ("hammer-spammer", "r = 3", (False, 3)),
+        ("CIFAR-10N", "r = 1", (True, 1)))
+COLUMNS = (  # (method, algorithm, {(real, r): folder})
+    ("MV", "mv", {(False, 1): "cpu", (False, 3): "cpu", (True, 1): "cifar10n"}),
+    ("the release's MBEM", "mbem", {(False, 1): "cpu", (False, 3): "cpu", (True, 1): "cifar10n"}),
+    ("one-coin MBEM", "mbem", {(False, 1): "cpu-one-coin", (False, 3): "cpu-one-coin-r3",
+                               (True, 1): "cifar10n-one-coin"}),
+    ("CROWDLAB", "crowdlab", {(False, 3): "field-cpu"}),
+    ("Crowd Layer", "crowdlayer", {(False, 1): "field-cpu", (False, 3): "field-cpu", (True, 1): "field-cifar10n"}),
+    ("CoNAL", "conal", {(False, 1): "field-cpu", (False, 3): "field-cpu", (True, 1): "field-cifar10n"}),
+)
+
+
+def measured(folder, algorithm, r):
+    """Mean and sample standard deviation of the folder's test errors for (algorithm, r), over seeds."""
+    with open(os.path.join(ROOT, "results", folder, "results.csv")) as f:
+        errors = [float(row["test_error"]) for row in csv.DictReader(f)
+                  if row["algorithm"] == algorithm and int(row["redundancy"]) == r]
+    assert len(errors) == 3, (folder, algorithm, r, len(errors))
+    return statistics.mean(errors), statistics.stdev(errors)
+
+
+def section_tables(path, title):
+    """Rows (as lists of cells) of the markdown tables in the section `## title` of a file."""
+    with open(os.path.join(ROOT, path)) as f:
+        text = f.read()
+    section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("|") and not line.startswith("|---")]
+
+
+def quoted(path, title):
+    """{(method, (real, r)): the cell's text} from the section's first table whose header names the
+    methods: README's has a column per method, the docs' a row per method."""
+    rows = section_tables(path, title)
+    methods = [m for m, _, _ in COLUMNS]
+    header = rows[0]
+    if header[1] == "MV":  # README: a column per method, a row per setting
+        table = {}
+        for row in rows[1:]:
+            setting = next(s for start, r, s in ROWS if row[0].startswith(start) and row[0].endswith(r))
+            for method, cell in zip(header[1:], row[1:], strict=True):
+                table[(method, setting)] = cell
+        return table
+    settings = [next(s for start, r, s in ROWS if h.startswith(start) and h.endswith(r)) for h in header[1:]]
+    table = {}
+    for row in rows[1:]:
+        name = "MV" if row[0] == "majority vote" else row[0]
+        method = next((m for m in methods if name.startswith(m)), None)
+        if method is None:
+            break  # the next table's header: past the first table
+        for setting, cell in zip(settings, row[1:], strict=True):
+            table[(method, setting)] = cell
+    return table
+
+
+@pytest.mark.parametrize("path", ["README.md", "docs/beyond-mbem.md"])
+def test_which_method_tables_quote_the_committed_cells(path):
+    table = quoted(path, "Which method to train with")
+    checked = 0
+    for method, algorithm, folders in COLUMNS:
+        for _, _, setting in ROWS:
+            cell = table[(method, setting)]
+            if setting not in folders:
+                assert not re.search(r"\d\.\d{3}", cell), (path, method, setting, cell)
+                continue
+            mean, std = measured(folders[setting], algorithm, setting[1])
+            numbers = [float(x) for x in re.findall(r"\d\.\d{3}", cell)]
+            assert numbers[0] == pytest.approx(mean, abs=5e-4), (path, method, setting)
+            if len(numbers) > 1:  # mean ± sample standard deviation
+                assert numbers[1] == pytest.approx(std, abs=5e-4), (path, method, setting)
+            checked += 1
+    assert checked == 16  # six methods in three settings, less CROWDLAB's two with single labels
