@@ -55,10 +55,6 @@ class Trained:
 
 # ----------------------------------------------------------------------------- the paper's algorithm
 
-# MBEM's M-steps corrected for the model's own errors (docs/worker-estimates.md), by --mbem-step
-CORRECTED_STEPS = {name: step for name, step in agg.MBEM_STEPS.items() if name != "release"}
-
-
 def mbem(ann, bootstrap, train, rounds=1, class_prior=False, step="release"):
     """Model Bootstrapped EM (the paper's Algorithm 1) from a bootstrap model's predicted class of
     every training item (the release: the model trained on weighted majority vote). The paper's T
@@ -79,11 +75,7 @@ def mbem(ann, bootstrap, train, rounds=1, class_prior=False, step="release"):
     Returns (posterior, confusions, the last Trained, every round's posterior)."""
     predicted, posteriors = agg.one_hot(bootstrap, ann.K), []
     for t in range(rounds):
-        if step in CORRECTED_STEPS:
-            prior = agg.estimate_prior(agg.one_hot(predicted.argmax(axis=1), ann.K)) if class_prior else None
-            posterior, confusions, _ = CORRECTED_STEPS[step](ann, predicted, prior=prior)
-        else:
-            posterior, confusions, _ = agg.mbem_step(ann, predicted, class_prior=class_prior)
+        posterior, confusions = agg.mbem_update(ann, predicted, step, class_prior)
         result = train(posterior, t)
         predicted = result.train_probs
         posteriors.append(posterior)

@@ -350,6 +350,20 @@ def precision_from_best_rows(agreement, labelled, top=0.1, least=10):
 MBEM_STEPS = {"release": mbem_step, "one-coin": one_coin_step, "per-class-coin": per_class_coin_step}
 
 
+def mbem_update(ann, model_probs, step="release", class_prior=False):
+    """MBEM's M- and E-step by the name of its M-step (MBEM_STEPS) from a model's probabilities on
+    the labelled items (n x K), with class_prior the prior q[k] = the share of items the model puts
+    in class k, as every step computes it. Returns (posterior, confusions)."""
+    if step not in MBEM_STEPS:
+        raise ValueError(f"MBEM's step is one of {', '.join(MBEM_STEPS)}, not {step!r}")
+    if step == "release":
+        posterior, confusions, _ = mbem_step(ann, model_probs, class_prior=class_prior)
+    else:
+        prior = estimate_prior(one_hot(np.argmax(model_probs, axis=1), ann.K)) if class_prior else None
+        posterior, confusions, _ = MBEM_STEPS[step](ann, model_probs, prior=prior)
+    return posterior, confusions
+
+
 def worker_accuracy(confusions):
     """Per-worker accuracy under a uniform class distribution: mean of the diagonal of pi_a."""
     return np.diagonal(confusions, axis1=1, axis2=2).mean(axis=1)

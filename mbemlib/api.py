@@ -88,12 +88,17 @@ def aggregate(answers, workers=None, labels=None, method="em", seed=0, max_iter=
     return result(fit.posterior, fit.confusions, item_names, worker_names, classes, fit.iterations)
 
 
-def mbem(answers, model_probs, workers=None, labels=None, class_prior=False):
+def mbem(answers, model_probs, workers=None, labels=None, class_prior=False, step="release"):
     """MBEM's M-step and E-step (the paper's Algorithm 1, steps 2c-2d) from a classifier's
     predicted probabilities: take t_i = argmax of the model as item i's true class, estimate every
     worker's confusion from the items they labelled (the M-step), and recompute each item's
     posterior from its labels (the E-step; with class_prior, times q[k], the share of items the
     model puts in class k: the paper's form; without, the release's).
+
+    step: the M-step, as MBEM.py's --mbem-step: "release" (the paper's: a full confusion per
+    worker, as if the model were right), "one-coin" (one accuracy per worker, corrected for the
+    model's own accuracy: the step docs/beyond-mbem.md recommends) or "per-class-coin" (one per
+    worker and class, corrected for the model's precision on each class).
 
     model_probs: a DataFrame indexed by item with one column per class (or `p_<class>` columns,
     as aggregation.py's CSVs name them), rows summing to 1, covering every labelled item; its
@@ -101,7 +106,7 @@ def mbem(answers, model_probs, workers=None, labels=None, class_prior=False):
     ann, item_names, worker_names, label_classes = encode(answers, workers, labels)
     probs, classes = model_table(model_probs, item_names)
     ann = relabel(ann, label_classes, classes)
-    posterior, confusions, _ = agg.mbem_step(ann, probs, class_prior=class_prior)
+    posterior, confusions = agg.mbem_update(ann, probs, step, class_prior)
     return result(posterior, confusions, item_names, worker_names, classes)
 
 

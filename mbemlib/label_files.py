@@ -11,7 +11,17 @@ import time
 import numpy as np
 import pandas as pd
 
-from mbemlib.aggregation import ALIASES, LABEL_ONLY, MAX_ITER, TOL, Annotations, aggregate, canonical, mbem_step
+from mbemlib.aggregation import (
+    ALIASES,
+    LABEL_ONLY,
+    MAX_ITER,
+    MBEM_STEPS,
+    TOL,
+    Annotations,
+    aggregate,
+    canonical,
+    mbem_update,
+)
 from mbemlib.atomic import atomic_write
 from mbemlib.cli import InputError, Parser, number, output_problem
 
@@ -201,6 +211,10 @@ def main(argv=None):
     parser.add_argument("--class-prior", action="store_true",
                         help="--method mbem: the class prior q in the E-step (the paper's Algorithm 1; the release "
                              "has none)")
+    parser.add_argument("--mbem-step", choices=tuple(MBEM_STEPS), default="release",
+                        help="--method mbem: its M-step: release (a full confusion per worker, as if the model were "
+                             "right; the paper's), one-coin (an accuracy per worker, corrected for the model's "
+                             "accuracy) or per-class-coin (one per worker and class); docs/worker-estimates.md")
     parser.add_argument("--truth", help="CSV item,label of known true labels: print the accuracy on the items "
                                         "it covers")
     parser.add_argument("--out", help="write item,label,p_<class>... here (default: stdout)")
@@ -214,6 +228,8 @@ def main(argv=None):
         parser.error("--method mbem needs --model-probs, and --model-probs is for --method mbem")
     if args.class_prior and args.method != "mbem":
         parser.error("--class-prior is for --method mbem")
+    if args.mbem_step != "release" and args.method != "mbem":
+        parser.error("--mbem-step is for --method mbem")
     for flag, path in (("--out", args.out), ("--confusions-out", args.confusions_out)):
         if path and (problem := output_problem(path)):
             parser.error(f"{flag}: {problem}")
@@ -235,7 +251,7 @@ def main(argv=None):
         print("error: " + str(err).replace("\n", "\\n").replace("\r", "\\r"), file=sys.stderr)  # one line
         return 2
     if args.method == "mbem":
-        (probs, confusions, _), iterations = mbem_step(ann, model, class_prior=args.class_prior), 0
+        (probs, confusions), iterations = mbem_update(ann, model, args.mbem_step, args.class_prior), 0
     else:
         fit = aggregate(ann, args.method, np.random.default_rng(args.seed), args.max_iter, args.tol)
         probs, confusions, iterations = fit.posterior, fit.confusions, fit.iterations

@@ -61,6 +61,41 @@ def test_mbem_from_a_models_probabilities_is_the_paper_step(simulated):
         [f"c{truth[i]}" for i in order])).mean()  # a perfect model finds the hammers
 
 
+@pytest.mark.parametrize("step", ["one-coin", "per-class-coin"])
+def test_mbem_takes_the_corrected_steps_by_name(simulated, step):
+    """step= is MBEM.py's --mbem-step: aggregation's step of that name on the same labels and model,
+    and with a model right on 70% of the items the one-coin step is closer to the hammers' and
+    spammers' accuracies than the release's (which rates a perfect worker as the model)."""
+    frame, truth = simulated
+    ann, items, workers, _ = api.encode(frame)
+    order = np.array([int(i[3:]) for i in items])
+    rng = np.random.default_rng(2)
+    predicted = np.where(rng.random(600) < 0.7, truth, rng.integers(0, 4, 600))
+    probs = np.eye(4)[predicted]
+    model = pd.DataFrame(probs, index=[f"img{i}" for i in range(600)], columns=["c0", "c1", "c2", "c3"])
+    result = api.mbem(frame, model, step=step)
+    expected, confusions, _ = agg.MBEM_STEPS[step](ann, probs[order])
+    assert np.allclose(result.posterior.to_numpy(), expected)
+    estimated = result.confusions.pivot_table(index="worker", columns=["true_label", "given_label"],
+                                              values="probability", sort=False).loc[workers]
+    assert np.allclose(estimated.to_numpy().reshape(confusions.shape), confusions)
+    if step == "one-coin":
+        rng = np.random.default_rng(0)  # the fixture's draws: the truth, then the workers
+        rng.integers(0, 4, 600)
+        true_accuracy = agg.worker_accuracy(noise_sim.hammer_spammer(30, 4, 0.4, rng))[[int(w[1:]) for w in workers]]
+        error = {s: np.abs(agg.worker_accuracy(agg.MBEM_STEPS[s](ann, probs[order])[1]) - true_accuracy).mean()
+                 for s in ("release", "one-coin")}
+        assert error["one-coin"] < error["release"] / 2, error
+
+
+def test_mbem_refuses_an_unknown_step(simulated):
+    frame, _ = simulated
+    model = pd.DataFrame(np.full((600, 4), 0.25), index=[f"img{i}" for i in range(600)],
+                         columns=["c0", "c1", "c2", "c3"])
+    with pytest.raises(ValueError, match="one of release, one-coin, per-class-coin"):
+        api.mbem(frame, model, step="two-coin")
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda f, m: (f.drop(columns="worker"), m), "no column worker"),
     (lambda f, m: (pd.concat([f, f.iloc[:1]]), m), "labelled the same item twice"),

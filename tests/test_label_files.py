@@ -179,11 +179,38 @@ def test_mbem_from_a_models_probabilities_and_accuracy_on_known_truth(tmp_path):
     (["--method", "mbem"], "--method mbem needs --model-probs"),
     (["--model-probs", "x.csv"], "--model-probs is for --method mbem"),
     (["--class-prior"], "--class-prior is for --method mbem"),
+    (["--mbem-step", "one-coin"], "--mbem-step is for --method mbem"),
 ])
 def test_mbem_flags_go_together(answers, flags, message):
     path, _ = answers
     result = run(path, *flags)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("step", ["one-coin", "per-class-coin"])
+def test_mbem_step_is_the_librarys_corrected_step(answers, tmp_path, step):
+    """--mbem-step: the command gives the posterior and confusions of aggregation's step of that
+    name, from the model's CSV (here the majority vote's posterior), with the class prior too."""
+    path, _ = answers
+    model, out, workers = tmp_path / "mv.csv", tmp_path / "mbem.csv", tmp_path / "workers.csv"
+    assert run(path, "--method", "mv", "--out", model).returncode == 0
+    result = run(path, "--method", "mbem", "--model-probs", model, "--mbem-step", step, "--class-prior",
+                 "--out", out, "--confusions-out", workers)
+    assert result.returncode == 0, result.stderr
+    ann, _, _, classes = label_files.read_answers(path)
+    with open(model) as f:
+        probs = np.array([[float(row[f"p_{c}"]) for c in classes] for row in csv.DictReader(f)])
+    prior = aggregation.estimate_prior(aggregation.one_hot(probs.argmax(axis=1), ann.K))
+    expected, confusions, _ = aggregation.MBEM_STEPS[step](ann, probs, prior=prior)
+    with open(out) as f:
+        got = np.array([[float(row[f"p_{c}"]) for c in classes] for row in csv.DictReader(f)])
+    assert np.abs(got - expected).max() <= 1e-6
+    with open(workers) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == confusions.size
+    assert float(rows[1]["probability"]) == pytest.approx(confusions.reshape(-1)[1], abs=1e-6)
+    release = run(path, "--method", "mbem", "--model-probs", model, "--class-prior", "--out", tmp_path / "r.csv")
+    assert release.returncode == 0 and (tmp_path / "r.csv").read_text() != out.read_text()
 
 
 @pytest.mark.parametrize("model_rows, message", [
