@@ -116,10 +116,38 @@ QUEUE = (
                                       "crowdlayer,conal", "--redundancy", "1", *CROWD), "bf16", annotations=True),
     Folder("results/field-cpu-20-epochs", ("--preset", "cpu", "--algorithms", "crowdlayer,conal", "--redundancy", "1,3",
                                            "--epochs", "20", *CROWD), "bf16"),
+    # three of CIFAR-10N's labels per item, so the advice covers real labels at r = 3 as it does
+    # simulated ones: the field's methods (CROWDLAB among them) and the one-coin step
+    Folder("results/field-cifar10n-r3", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV, "--algorithms",
+                                         "crowdlab,crowdlayer,conal", "--redundancy", "3", *CROWD), "bf16",
+           annotations=True),
+    Folder("results/cifar10n-one-coin-r3", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV, "--algorithms",
+                                            "mbem", "--redundancy", "3", "--mbem-step", "one-coin"), "bf16",
+           bootstrap="results/cifar10n", annotations=True),
 )
 
 
 FIELD_NAMES = (("crowdlab", "CROWDLAB"), ("crowdlayer", "Crowd Layer"), ("conal", "CoNAL"))
+# The folders of the field's methods and of the one-coin step, by (crowd, r); MV's and the release's
+# MBEM's are results/cpu and results/cifar10n at every r.
+FIELD = {("cpu", 1): "results/field-cpu", ("cpu", 3): "results/field-cpu", ("cifar10n", 1): "results/field-cifar10n",
+         ("cifar10n", 3): "results/field-cifar10n-r3"}
+ONE_COIN = {("cpu", 1): "results/cpu-one-coin", ("cpu", 3): "results/cpu-one-coin-r3",
+            ("cifar10n", 1): "results/cifar10n-one-coin", ("cifar10n", 3): "results/cifar10n-one-coin-r3"}
+
+
+def field_questions(bases):
+    """(what, the field's cell, a baseline's) for each field method, crowd and r (CROWDLAB from r = 3:
+    cleanlab refuses single labels), against each of `bases`: names among MV, the release's MBEM and
+    one-coin MBEM."""
+    baseline = {"MV": lambda crowd, r: (f"results/{crowd}", "mv", r),
+                "the release's MBEM": lambda crowd, r: (f"results/{crowd}", "mbem", r),
+                "one-coin MBEM": lambda crowd, r: (ONE_COIN[crowd, r], "mbem", r)}
+    return tuple((f"{name} - {what}, {'CIFAR-10N ' if crowd == 'cifar10n' else ''}r={r}",
+                  (FIELD[crowd, r], method, r), baseline[what](crowd, r))
+                 for crowd in ("cpu", "cifar10n") for method, name in FIELD_NAMES for r in (1, 3)
+                 if not (method == "crowdlab" and r == 1) for what in bases)
+
 
 # The questions the folders answer, each a paired difference of test error seed by seed (the
 # folders share their seeds' workers and labels): (what, (folder, algorithm, r), (folder, algorithm, r)).
@@ -165,40 +193,24 @@ QUESTIONS = (
           ("cifar10n", "the release's MBEM, CIFAR-10N r=1", ("results/cifar10n", "mbem", 1)),
           ("cifar10n", "MV, CIFAR-10N r=1", ("results/cifar10n", "mv", 1)),
           ("cifar10n", "one-coin MBEM, CIFAR-10N r=1", ("results/cifar10n-one-coin", "mbem", 1)))),
+    ("one-coin MBEM - the release's MBEM, CIFAR-10N r=3", (ONE_COIN["cifar10n", 3], "mbem", 3),
+     ("results/cifar10n", "mbem", 3)),
+    ("one-coin MBEM - MV, CIFAR-10N r=3", (ONE_COIN["cifar10n", 3], "mbem", 3), ("results/cifar10n", "mv", 3)),
     # the field's methods against three baselines: MV, the release's MBEM, and MBEM with the one-coin
     # step (the best MBEM here at r = 1 and 3, simulated and real)
-    *((f"{name} - {what}, r={r}", ("results/field-cpu", method, r), base)
-      for method, name in FIELD_NAMES for r in (1, 3) if not (method == "crowdlab" and r == 1)
-      for what, base in (("MV", ("results/cpu", "mv", r)), ("the release's MBEM", ("results/cpu", "mbem", r)),
-                         ("one-coin MBEM", ("results/cpu-one-coin" if r == 1 else "results/cpu-one-coin-r3",
-                                            "mbem", r)))),
+    *field_questions(("MV", "the release's MBEM", "one-coin MBEM")),
     # 20 epochs: as many training images as MBEM's pipeline, a WMV model and MBEM's, 10 epochs each
     *((f"{name}, 20 epochs - {what}, r={r}", ("results/field-cpu-20-epochs", method, r), base)
       for method, name in FIELD_NAMES[1:] for r in (1, 3)
       for what, base in ((f"{name}, 10 epochs", ("results/field-cpu", method, r)),
                          ("the release's MBEM", ("results/cpu", "mbem", r)),
-                         ("one-coin MBEM", ("results/cpu-one-coin" if r == 1 else "results/cpu-one-coin-r3",
-                                            "mbem", r)))),
-    *((f"{name} - {what}, CIFAR-10N r=1", ("results/field-cifar10n", method, 1), base)
-      for method, name in FIELD_NAMES[1:]
-      for what, base in (("MV", ("results/cifar10n", "mv", 1)), ("the release's MBEM", ("results/cifar10n", "mbem", 1)),
-                         ("one-coin MBEM", ("results/cifar10n-one-coin", "mbem", 1)))),
+                         ("one-coin MBEM", (ONE_COIN["cpu", r], "mbem", r)))),
 )
 
 # The same for the error of the workers' estimated accuracy (each cell's worker_accuracy_mae): how well
 # the field's methods learn the workers beside MBEM, which learns them from its model's predictions.
 # MV is left out: at r = 1 it has no second label to judge a worker by.
-WORKER_QUESTIONS = (
-    *((f"{name} - {what}, r={r}", ("results/field-cpu", method, r), base)
-      for method, name in FIELD_NAMES for r in (1, 3) if not (method == "crowdlab" and r == 1)
-      for what, base in (("the release's MBEM", ("results/cpu", "mbem", r)),
-                         ("one-coin MBEM", ("results/cpu-one-coin" if r == 1 else "results/cpu-one-coin-r3",
-                                            "mbem", r)))),
-    *((f"{name} - {what}, CIFAR-10N r=1", ("results/field-cifar10n", method, 1), base)
-      for method, name in FIELD_NAMES[1:]
-      for what, base in (("the release's MBEM", ("results/cifar10n", "mbem", 1)),
-                         ("one-coin MBEM", ("results/cifar10n-one-coin", "mbem", 1)))),
-)
+WORKER_QUESTIONS = field_questions(("the release's MBEM", "one-coin MBEM"))
 MEASURES = (("test error", "test_error", "QUESTIONS"),
             ("workers' accuracy, mean absolute error", "worker_accuracy_mae", "WORKER_QUESTIONS"))
 

@@ -95,6 +95,16 @@ def test_compare_pairs_the_seeds_both_folders_have(monkeypatch, tmp_path, capsys
         "| a - b | -0.2500 | [-0.885, +0.385] | -0.2000 -0.3000 |"]
 
 
+def test_every_question_pairs_folders_the_queue_makes_with_algorithms_they_run():
+    queue = {folder.out: parsed(folder) for folder in reproduce.QUEUE}
+    for _, _, name in reproduce.MEASURES:
+        for what, *sides in getattr(reproduce, name):
+            for folder, algorithm, r in sides:
+                assert folder in queue, (what, folder)
+                config = queue[folder]
+                assert algorithm in config.algorithms and r in config.redundancy, (what, folder, algorithm, r)
+
+
 def test_the_status_reads_cells_and_time_from_a_dry_run():
     printed = ("3 cells to run\n  cell seed 0 r 1 n 50000 mbem\n  cell seed 1 r 1 n 50000 mbem\n"
                "2 cells, at most 2 trainings (1 stage each) of 10 epochs: 1,000,000 training images; at 900 img/s "
