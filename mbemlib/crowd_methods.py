@@ -160,13 +160,14 @@ class ConalHead(nn.Module):
 
     LR = 1e-2
 
-    def __init__(self, K, m, optimizer="release", omega="features"):
+    def __init__(self, K, m, optimizer="release", omega="features", separation=CONAL_SEPARATION):
         super().__init__()
         from crowdkit.learning import CoNAL
 
         self.conal = CoNAL(K, m)
         self.optimizer = optimizer  # how resnet_torch.train trains it with the network: release or authors
         self.omega_input = omega  # what the trainer passes as `features`: the pooled features, or the image
+        self.separation = separation  # the weight on sum_a ||W_a - W_c||: the authors' 1e-5, or --conal-separation
 
     def forward(self, logits, features, workers):
         p = torch.softmax(logits, dim=1)
@@ -178,9 +179,11 @@ class ConalHead(nn.Module):
         return omega * common + (1 - omega) * own
 
     def penalty(self):
-        """-1e-5 sum_a ||W_a - W_c||: the authors subtract it, so workers keep their own confusions."""
+        """-1e-5 sum_a ||W_a - W_c||: the authors subtract it, so workers keep their own confusions.
+        Nothing bounds it below: where a worker's labels are few, Adam moves W_a away at its full rate
+        (docs/beyond-mbem.md, CIFAR-10N), so `separation` can weigh it less, or 0 to drop it."""
         gap = (self.conal.annotator_confusion_matrices - self.conal.common_confusion_matrix).flatten(1)
-        return -CONAL_SEPARATION * gap.norm(dim=1).sum()
+        return -self.separation * gap.norm(dim=1).sum()
 
     def confusions(self):
         """Worker a's own matrix: answers l for class k with softmax over l of W_a[k, l]."""

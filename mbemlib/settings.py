@@ -105,6 +105,9 @@ SETTINGS = (
     Setting("conal_omega", "features", "conal: what omega, each label's weight on the common confusion, reads: "
             "features (the network's pooled features, its gradient flowing into the network) or image (the "
             "flattened input image, as the authors' code with a backbone has it)", choices=("features", "image")),
+    Setting("conal_separation", 1e-5, "conal: the weight of the separation term sum_a ||W_a - W_c|| the loss "
+            "subtracts (the authors' 1e-5; unbounded, it drives apart the matrices of workers with few labels: "
+            "docs/beyond-mbem.md); 0 drops it", number(float, 0)),
     # the network and its training (the release's recipe itself is pipeline.py's)
     Setting("backend", "mxnet", "the trainer: MXNet (resnet.py, the release's framework) or PyTorch (resnet_torch.py)",
             choices=("mxnet", "torch")),
@@ -319,23 +322,30 @@ def parse(argv=None, description=None):
     return preset(args.preset, **given), args, p
 
 
+def idle_flags(config, args):
+    """The line refusing flags given that would do nothing in this run, or None."""
+    given = {s.name for s in SETTINGS if getattr(args, s.name, None) is not None}
+    if config.annotations and (idle := {"gamma", "workers", "worker_model"} & given):
+        return f"{flags(idle)}: for simulated workers only; with --annotations the workers are real"
+    if config.dataset != "imagenet" and (idle := {"image_size", "loader_workers"} & given):
+        return f"{flags(idle)}: for --dataset imagenet's streamed images only"
+    for method in END_TO_END:  # each end-to-end method's own training flags
+        if (idle := {s.name for s in SETTINGS if s.name.startswith(method + "_")} & given) and \
+                method not in config.algorithms:
+            return f"{flags(idle)}: for --algorithms {method} only"
+    return None
+
+
 def check(p, config, args):
     """Reject settings that cannot run, or flags given that would do nothing in this run, with one
     clear line (argparse exits with status 2)."""
     cells, preset_name = plan(config), args.preset
-    given = {s.name for s in SETTINGS if getattr(args, s.name, None) is not None}
     if args.speed is not None and not args.dry_run:
         p.error("--speed: goes with --dry-run (the speed it estimates at); a run measures its own")
     if len(set(config.seeds)) != len(config.seeds):
         p.error(f"--seeds {','.join(map(str, config.seeds))}: a seed given twice would count twice in every mean")
-    if config.annotations and (idle := {"gamma", "workers", "worker_model"} & given):
-        p.error(f"{flags(idle)}: for simulated workers only; with --annotations the workers are real")
-    if config.dataset != "imagenet" and (idle := {"image_size", "loader_workers"} & given):
-        p.error(f"{flags(idle)}: for --dataset imagenet's streamed images only")
-    for method in END_TO_END:  # each end-to-end method's own training flags
-        if (idle := {s.name for s in SETTINGS if s.name.startswith(method + "_")} & given) and \
-                method not in config.algorithms:
-            p.error(f"{flags(idle)}: for --algorithms {method} only")
+    if problem := idle_flags(config, args):
+        p.error(problem)
     if config.redundancy and not config.budget:
         p.error("--redundancy needs --budget")
     if config.dataset in ("folder", "imagenet") and not config.source:

@@ -3,6 +3,7 @@ CoNAL heads against crowd-kit and their papers, the trainer's end-to-end path, t
 
 import json
 from importlib.util import find_spec
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 import MBEM
 from conftest import run_script
 from mbemlib import aggregation as agg
+from mbemlib import settings
 
 torch = pytest.importorskip("torch")
 needs_cleanlab = pytest.mark.skipif(find_spec("cleanlab") is None,
@@ -107,6 +109,11 @@ def test_conal_follows_its_authors_and_departs_from_crowdkits_forward():
     with torch.no_grad():
         conal.annotator_confusion_matrices[1, 0, 0] += 3.0
     assert head.penalty().item() == pytest.approx(-3e-5)
+    head.separation = 2e-5  # --conal-separation
+    assert head.penalty().item() == pytest.approx(-6e-5)
+    head.separation = 0.0
+    assert head.penalty().item() == 0.0
+    head.separation = crowd_methods.CONAL_SEPARATION
     with torch.no_grad():  # the batch's mean loss carries the penalty once, as the authors add it
         with_penalty = crowd_methods.crowd_loss(head, logits, features, workers, labels).mean()
         head.penalty = lambda: torch.zeros(())
@@ -206,6 +213,33 @@ def test_conals_omega_reads_the_image_or_the_features():
 
 # ----------------------------------------------------------------------------- MBEM.py
 
+@pytest.mark.parametrize("algorithm, flags, expected", [
+    ("conal", ["--conal-optimizer", "authors", "--conal-omega", "image", "--conal-separation", "0"],
+     {"optimizer": "authors", "omega": "image", "separation": 0.0}),
+    ("conal", [], {"optimizer": "release", "omega": "features", "separation": crowd_methods.CONAL_SEPARATION}),
+    ("crowdlayer", ["--crowdlayer-optimizer", "authors"], {"optimizer": "authors"}),
+])
+def test_each_heads_flags_reach_the_head(monkeypatch, algorithm, flags, expected):
+    """MBEM.py builds a cell's head with the flags of its method, and only those."""
+    made = {}
+
+    class Recording:
+        def __init__(self, K, m, **options):
+            made.update(options, K=K, m=m)
+
+        def confusions(self):
+            return None
+
+    monkeypatch.setattr(crowd_methods, "missing", lambda methods: None)
+    monkeypatch.setitem(crowd_methods.HEADS, algorithm, Recording)
+    config, _, _ = settings.parse(["--preset", "smoke", "--backend", "torch", "--algorithms", algorithm, *flags,
+                                   "--out", "unused"])
+    cell = SimpleNamespace(algorithm=algorithm, ann=annotations([(0, 0, 0), (1, 1, 2)], 2, 2, 3))
+    MBEM.Experiment.from_crowd_head(SimpleNamespace(config=config, K=3), cell,
+                                    lambda targets, algorithm, crowd: SimpleNamespace(train_probs=np.eye(3)[:2]))
+    assert made == {**expected, "K": 3, "m": 2}
+
+
 @pytest.mark.slow
 @needs_cleanlab
 @needs_crowdkit
@@ -237,6 +271,9 @@ def test_each_method_on_digits_end_to_end(tmp_path):
      "crowdlayer only"),
     (["--algorithms", "crowdlayer", "--backend", "torch", "--conal-omega", "image"], "--conal-omega: for --algorithms "
      "conal only"),
+    (["--algorithms", "crowdlayer", "--backend", "torch", "--conal-separation", "0"], "--conal-separation: for "
+     "--algorithms conal only"),
+    (["--algorithms", "conal", "--backend", "torch", "--conal-separation", "-1"], "--conal-separation"),
 ])
 def test_the_field_is_refused_in_one_line_where_it_cannot_run(tmp_path, flags, message, capsys, monkeypatch):
     """The rules themselves, whether or not the optional libraries are installed here (that they are

@@ -22,8 +22,9 @@ def parsed(folder):
 def test_each_command_resumes_its_committed_folder(folder):
     """The command's settings are the folder's own (store.load_results refuses any other), its
     precision is fixed, and a folder's cells are all in that precision."""
-    config = parsed(folder)
+    config, args, _ = settings.parse(folder.command(reproduce.CIFAR)[2:])
     assert config.out == folder.out and config.precision == folder.precision in ("fp32", "bf16")
+    assert settings.idle_flags(config, args) is None  # MBEM.py would refuse a flag that does nothing
     if not os.path.exists(os.path.join(ROOT, folder.out, "results.json")):
         pytest.skip(f"{folder.out} has no cells yet")
     cwd = os.getcwd()
