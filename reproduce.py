@@ -203,7 +203,7 @@ QUESTIONS = (
      ("results/cifar10n", "mbem", 3)),
     ("one-coin MBEM - MV, CIFAR-10N r=3", (ONE_COIN["cifar10n", 3], "mbem", 3), ("results/cifar10n", "mv", 3)),
     # the field's methods against three baselines: MV, the release's MBEM, and MBEM with the one-coin
-    # step (the best MBEM here at r = 1 and 3, simulated and real)
+    # step (the best MBEM wherever both ran)
     *field_questions(("MV", "the release's MBEM", "one-coin MBEM")),
     *((f"CoNAL without its separation term - {what}, CIFAR-10N r=1",
        ("results/field-cifar10n-conal-no-separation", "conal", 1), base)
