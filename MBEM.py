@@ -263,8 +263,8 @@ class Experiment:
         from mbemlib import crowd_methods
 
         c = self.config
-        options = {"optimizer": c.conal_optimizer, "omega": c.conal_omega, "separation": c.conal_separation} \
-            if cell.algorithm == "conal" else {"optimizer": c.crowdlayer_optimizer}
+        options = {"optimizer": c.conal_optimizer, "omega": c.conal_omega, "separation": c.conal_separation,
+                   "seed": cell.seed} if cell.algorithm == "conal" else {"optimizer": c.crowdlayer_optimizer}
         module = crowd_methods.HEADS[cell.algorithm](self.K, cell.ann.m, **options)
         trained = fit(agg.weighted_majority_vote(cell.ann), cell.algorithm,
                       crowd=(module, *crowd_methods.padded(cell.ann)))

@@ -58,7 +58,8 @@ def run(trainer, ds, items, ann, val, workers, method, optimizer, omega, options
         model, history = trainer.train(images, targets, K, val=val, seed=seed, **options)
         mae = None
     else:
-        head = crowd_methods.HEADS[method](K, ann.m, optimizer, **({"omega": omega} if method == "conal" else {}))
+        head = crowd_methods.HEADS[method](K, ann.m, optimizer, **({"omega": omega, "seed": seed} if method == "conal"
+                                                                    else {}))
         model, history = trainer.train(images, agg.weighted_majority_vote(ann), K, val=val, seed=seed,
                                        crowd=(head, *crowd_methods.padded(ann)), **options)
         mae = report.worker_fields(ann, head.confusions(), agg.worker_accuracy(workers))["worker_accuracy_mae"]

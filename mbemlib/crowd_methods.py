@@ -160,11 +160,15 @@ class ConalHead(nn.Module):
 
     LR = 1e-2
 
-    def __init__(self, K, m, optimizer="release", omega="features", separation=CONAL_SEPARATION):
+    def __init__(self, K, m, optimizer="release", omega="features", separation=CONAL_SEPARATION, seed=0):
         super().__init__()
         from crowdkit.learning import CoNAL
 
-        self.conal = CoNAL(K, m)
+        # crowd-kit draws omega's layers from torch's global generator, which each process seeds at
+        # random: drawn from `seed` instead, so a cell is the same cell every run
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.conal = CoNAL(K, m)
         self.optimizer = optimizer  # how resnet_torch.train trains it with the network: release or authors
         self.omega_input = omega  # what the trainer passes as `features`: the pooled features, or the image
         self.separation = separation  # the weight on sum_a ||W_a - W_c||: the authors' 1e-5, or --conal-separation

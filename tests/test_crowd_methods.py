@@ -194,6 +194,36 @@ def test_the_authors_optimizer_is_adam_over_network_and_head_at_a_constant_rate(
 
 
 @needs_crowdkit
+def test_conals_layers_are_drawn_from_the_cells_seed():
+    """Two heads of one seed are one head (torch's global generator, seeded at random in each
+    process, is neither used nor moved); another seed draws other omega layers. The lazy first
+    layer is drawn at the trainer's first pass, after it seeds torch with the cell's seed."""
+    state = torch.random.get_rng_state()
+    first, again, other = (crowd_methods.ConalHead(3, 4, seed=s).state_dict() for s in (1, 1, 2))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    drawn = [k for k, v in first.items() if not isinstance(v, torch.nn.parameter.UninitializedParameter)]
+    assert "conal.diff_linear_2.weight" in drawn and all(torch.equal(first[k], again[k]) for k in drawn)
+    assert not torch.equal(first["conal.user_feature_1.weight"], other["conal.user_feature_1.weight"])
+
+
+@needs_crowdkit
+def test_a_conal_training_is_the_same_every_time():
+    import resnet_torch
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 3, 8, 8), dtype=np.uint8)
+    labels = rng.integers(0, 3, (8, 2))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(int(rng.integers(1 << 30)))  # whatever state the process is in
+        head = crowd_methods.ConalHead(3, 2, seed=5)
+        model, _ = resnet_torch.train(images, np.eye(3)[labels[:, 0]], 3, crowd=(head, np.zeros_like(labels), labels),
+                                      depth=8, epochs=2, batch_size=4, pad=0, progress=False, seed=5)
+        runs.append([p.detach().clone() for p in [*model.net.parameters(), *head.parameters()]])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+@needs_crowdkit
 def test_conals_omega_reads_the_image_or_the_features():
     """omega="image" (the authors' code): the trainer hands the head the flattened image, so omega's
     layers are sized to it and no gradient from omega reaches the network; "features" (the default):
@@ -215,8 +245,9 @@ def test_conals_omega_reads_the_image_or_the_features():
 
 @pytest.mark.parametrize("algorithm, flags, expected", [
     ("conal", ["--conal-optimizer", "authors", "--conal-omega", "image", "--conal-separation", "0"],
-     {"optimizer": "authors", "omega": "image", "separation": 0.0}),
-    ("conal", [], {"optimizer": "release", "omega": "features", "separation": crowd_methods.CONAL_SEPARATION}),
+     {"optimizer": "authors", "omega": "image", "separation": 0.0, "seed": 4}),
+    ("conal", [], {"optimizer": "release", "omega": "features", "separation": crowd_methods.CONAL_SEPARATION,
+                   "seed": 4}),
     ("crowdlayer", ["--crowdlayer-optimizer", "authors"], {"optimizer": "authors"}),
 ])
 def test_each_heads_flags_reach_the_head(monkeypatch, algorithm, flags, expected):
@@ -234,7 +265,7 @@ def test_each_heads_flags_reach_the_head(monkeypatch, algorithm, flags, expected
     monkeypatch.setitem(crowd_methods.HEADS, algorithm, Recording)
     config, _, _ = settings.parse(["--preset", "smoke", "--backend", "torch", "--algorithms", algorithm, *flags,
                                    "--out", "unused"])
-    cell = SimpleNamespace(algorithm=algorithm, ann=annotations([(0, 0, 0), (1, 1, 2)], 2, 2, 3))
+    cell = SimpleNamespace(algorithm=algorithm, seed=4, ann=annotations([(0, 0, 0), (1, 1, 2)], 2, 2, 3))
     MBEM.Experiment.from_crowd_head(SimpleNamespace(config=config, K=3), cell,
                                     lambda targets, algorithm, crowd: SimpleNamespace(train_probs=np.eye(3)[:2]))
     assert made == {**expected, "K": 3, "m": 2}
