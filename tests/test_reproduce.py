@@ -36,6 +36,16 @@ def test_each_command_resumes_its_committed_folder(folder):
     assert store.precision_problem(results, folder.precision) is None
 
 
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, ".git")), reason="not a git checkout")
+def test_every_folder_the_queue_makes_can_be_committed():
+    """.gitignore keeps results/* out but each queued folder's record in (its models, predictions,
+    checkpoints and log stay out)."""
+    paths = [f"{folder.out}/{name}" for folder in reproduce.QUEUE for name in ("results.json", "models/m.pt")]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True,
+                             text=True).stdout.split()
+    assert ignored == [p for p in paths if p.endswith("models/m.pt")]
+
+
 def test_every_folder_is_listed_once_with_a_fixed_precision():
     listed = run_script("reproduce.py", "--list").stdout.splitlines()
     assert len(listed) == len(reproduce.QUEUE) == len({f.out for f in reproduce.QUEUE})
