@@ -9,26 +9,26 @@ import statistics
 
 import pytest
 
+import reproduce
 from conftest import ROOT
 
-# Each table's row: its label's start and (simulated or real, r); each column: a method and the
-# folder holding its cells for a simulated crowd and for CIFAR-10N (None: not run there).
-ROWS = (("hammer-spammer", "r = 1", (False, 1)), ("hammer-spammer", "r = 3", (False, 3)),
-        ("CIFAR-10N", "r = 1", (True, 1)))
-COLUMNS = (  # (method, algorithm, {(real, r): folder})
-    ("MV", "mv", {(False, 1): "cpu", (False, 3): "cpu", (True, 1): "cifar10n"}),
-    ("the release's MBEM", "mbem", {(False, 1): "cpu", (False, 3): "cpu", (True, 1): "cifar10n"}),
-    ("one-coin MBEM", "mbem", {(False, 1): "cpu-one-coin", (False, 3): "cpu-one-coin-r3",
-                               (True, 1): "cifar10n-one-coin"}),
-    ("CROWDLAB", "crowdlab", {(False, 3): "field-cpu"}),
-    ("Crowd Layer", "crowdlayer", {(False, 1): "field-cpu", (False, 3): "field-cpu", (True, 1): "field-cifar10n"}),
-    ("CoNAL", "conal", {(False, 1): "field-cpu", (False, 3): "field-cpu", (True, 1): "field-cifar10n"}),
+# Each table's row: its label's start and (crowd, r); each column: a method, its algorithm and the
+# folder holding its cells at (crowd, r) (reproduce.py's tables; absent: not run there).
+ROWS = (("hammer-spammer", "r = 1", ("cpu", 1)), ("hammer-spammer", "r = 3", ("cpu", 3)),
+        ("CIFAR-10N", "r = 1", ("cifar10n", 1)))
+SETTINGS = [setting for *_, setting in ROWS]
+COLUMNS = (
+    ("MV", "mv", {(c, r): f"results/{c}" for c, r in SETTINGS}),
+    ("the release's MBEM", "mbem", {(c, r): f"results/{c}" for c, r in SETTINGS}),
+    ("one-coin MBEM", "mbem", {s: reproduce.ONE_COIN[s] for s in SETTINGS}),
+    ("CROWDLAB", "crowdlab", {("cpu", 3): reproduce.FIELD["cpu", 3]}),  # cleanlab refuses single labels
+    *((name, method, {s: reproduce.FIELD[s] for s in SETTINGS}) for method, name in reproduce.FIELD_NAMES[1:]),
 )
 
 
 def measured(folder, algorithm, r):
     """Mean and sample standard deviation of the folder's test errors for (algorithm, r), over seeds."""
-    with open(os.path.join(ROOT, "results", folder, "results.csv")) as f:
+    with open(os.path.join(ROOT, folder, "results.csv")) as f:
         errors = [float(row["test_error"]) for row in csv.DictReader(f)
                   if row["algorithm"] == algorithm and int(row["redundancy"]) == r]
     assert len(errors) == 3, (folder, algorithm, r, len(errors))
@@ -45,7 +45,7 @@ def section_tables(path, title):
 
 
 def quoted(path, title):
-    """{(method, (real, r)): the cell's text} from the section's first table whose header names the
+    """{(method, (crowd, r)): the cell's text} from the section's first table whose header names the
     methods: README's has a column per method, the docs' a row per method."""
     rows = section_tables(path, title)
     methods = [m for m, _, _ in COLUMNS]
