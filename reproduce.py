@@ -117,6 +117,11 @@ QUEUE = (
                                       "crowdlayer,conal", "--redundancy", "1", *CROWD), "bf16", annotations=True),
     Folder("results/field-cpu-20-epochs", ("--preset", "cpu", "--algorithms", "crowdlayer,conal", "--redundancy", "1,3",
                                            "--epochs", "20", *CROWD), "bf16"),
+    # is it the method or the longer schedule? One-coin MBEM's final training for 20 epochs too, on
+    # results/cpu's 10-epoch WMV models (so 30 epochs of images in all, the field's 20 above)
+    Folder("results/cpu-one-coin-20-epochs", ("--preset", "cpu", "--algorithms", "mbem", "--redundancy", "1,3",
+                                              "--mbem-step", "one-coin", "--epochs", "20"), "bf16",
+           bootstrap="results/cpu"),
     # three of CIFAR-10N's labels per item, so the advice covers real labels at r = 3 as it does
     # simulated ones: the field's methods (CROWDLAB among them) and the one-coin step
     Folder("results/field-cifar10n-r3", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV, "--algorithms",
@@ -213,7 +218,10 @@ QUESTIONS = (
       for method, name in FIELD_NAMES[1:] for r in (1, 3)
       for what, base in ((f"{name}, 10 epochs", ("results/field-cpu", method, r)),
                          ("the release's MBEM", ("results/cpu", "mbem", r)),
-                         ("one-coin MBEM", (ONE_COIN["cpu", r], "mbem", r)))),
+                         ("one-coin MBEM", (ONE_COIN["cpu", r], "mbem", r)),
+                         ("one-coin MBEM, final training 20 epochs", ("results/cpu-one-coin-20-epochs", "mbem", r)))),
+    *((f"one-coin MBEM, final training 20 epochs - one-coin MBEM, r={r}", ("results/cpu-one-coin-20-epochs", "mbem", r),
+       (ONE_COIN["cpu", r], "mbem", r)) for r in (1, 3)),
 )
 
 # The same for the error of the workers' estimated accuracy (each cell's worker_accuracy_mae): how well
