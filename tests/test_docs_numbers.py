@@ -3,6 +3,7 @@ the committed cells' means over seeds: a folder rerun or a cell added moves the 
 results, and this test says which prose went stale."""
 
 import csv
+import json
 import os
 import re
 import statistics
@@ -86,3 +87,23 @@ def test_which_method_tables_quote_the_committed_cells(path):
                 assert numbers[1] == pytest.approx(std, abs=5e-4), (path, method, setting)
             checked += 1
     assert checked == 16  # six methods in three settings, less CROWDLAB's two with single labels
+
+
+def cells(folder):
+    with open(os.path.join(ROOT, folder, "results.json")) as f:
+        return {(c["algorithm"], c["seed"], c["redundancy"]): c for c in json.load(f)["cells"]}
+
+
+def test_the_20_epoch_trainings_see_as_many_images_as_mbems_two():
+    """"Equal compute" in the docs: each 20-epoch Crowd Layer and CoNAL cell made as many updates as
+    one-coin MBEM's final training and the WMV training it bootstraps from (results/cpu's, of as
+    many epochs on the same items) together."""
+    wmv = cells("results/cpu")
+    final = {**cells(reproduce.ONE_COIN["cpu", 1]), **cells(reproduce.ONE_COIN["cpu", 3])}
+    checked = 0
+    for (method, seed, r), cell in cells("results/field-cpu-20-epochs").items():
+        mbem = final["mbem", seed, r]
+        assert wmv["wmv", seed, r]["epochs"] == mbem["epochs"] and wmv["wmv", seed, r]["n"] == mbem["n"] == cell["n"]
+        assert cell["history"][-1]["updates"] == 2 * mbem["history"][-1]["updates"], (method, seed, r)
+        checked += 1
+    assert checked >= 6
