@@ -122,6 +122,10 @@ QUEUE = (
     Folder("results/cpu-one-coin-20-epochs", ("--preset", "cpu", "--algorithms", "mbem", "--redundancy", "1,3",
                                               "--mbem-step", "one-coin", "--epochs", "20"), "bf16",
            bootstrap="results/cpu"),
+    # and on CIFAR-10N's real labels at r = 1, where at 10 epochs both end-to-end methods lose to MV
+    Folder("results/field-cifar10n-20-epochs", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV, "--algorithms",
+                                                "crowdlayer,conal", "--redundancy", "1", "--epochs", "20", *CROWD),
+           "bf16", annotations=True),
     # three of CIFAR-10N's labels per item, so the advice covers real labels at r = 3 as it does
     # simulated ones: the field's methods (CROWDLAB among them) and the one-coin step
     Folder("results/field-cifar10n-r3", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV, "--algorithms",
@@ -220,6 +224,11 @@ QUESTIONS = (
                          ("the release's MBEM", ("results/cpu", "mbem", r)),
                          ("one-coin MBEM", (ONE_COIN["cpu", r], "mbem", r)),
                          ("one-coin MBEM, final training 20 epochs", ("results/cpu-one-coin-20-epochs", "mbem", r)))),
+    *((f"{name}, 20 epochs - {what}, CIFAR-10N r=1", ("results/field-cifar10n-20-epochs", method, 1), base)
+      for method, name in FIELD_NAMES[1:]
+      for what, base in ((f"{name}, 10 epochs", ("results/field-cifar10n", method, 1)),
+                         ("MV", ("results/cifar10n", "mv", 1)),
+                         ("one-coin MBEM", (ONE_COIN["cifar10n", 1], "mbem", 1)))),
     *((f"one-coin MBEM, final training 20 epochs - one-coin MBEM, r={r}", ("results/cpu-one-coin-20-epochs", "mbem", r),
        (ONE_COIN["cpu", r], "mbem", r)) for r in (1, 3)),
 )
