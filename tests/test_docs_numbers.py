@@ -36,13 +36,25 @@ def measured(folder, algorithm, r):
     return statistics.mean(errors), statistics.stdev(errors)
 
 
-def section_tables(path, title):
-    """Rows (as lists of cells) of the markdown tables in the section `## title` of a file."""
+def tables(path, title):
+    """The markdown tables in the section `## title` of a file, each a list of rows (lists of cells),
+    its header first."""
     with open(os.path.join(ROOT, path)) as f:
         text = f.read()
     section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
-    return [[c.strip() for c in line.strip().strip("|").split("|")]
-            for line in section.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    found, rows = [], []
+    for line in section.splitlines() + [""]:
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            found, rows = found + [rows], []
+    return found
+
+
+def section_tables(path, title):
+    """Rows (as lists of cells) of all the markdown tables in the section `## title` of a file."""
+    return [row for table in tables(path, title) for row in table]
 
 
 def quoted(path, title):
@@ -107,3 +119,28 @@ def test_the_20_epoch_trainings_see_as_many_images_as_mbems_two():
         assert cell["history"][-1]["updates"] == 2 * mbem["history"][-1]["updates"], (method, seed, r)
         checked += 1
     assert checked >= 6
+
+
+def test_the_equal_compute_table_quotes_the_committed_cells():
+    """docs/beyond-mbem.md's equal-compute table: each end-to-end method's 20-epoch mean ± std, its
+    10-epoch mean in brackets, and one-coin MBEM's two 10-epoch trainings."""
+    rows = next(table for table in tables("docs/beyond-mbem.md", "Which method to train with")
+                if table[0][0].startswith("equal compute"))
+    header, body = rows[0], rows[1:]
+    settings = [next(s for start, r, s in ROWS if h.startswith(start) and h.endswith(r)) for h in header[1:]]
+    names = dict((name, method) for method, name in reproduce.FIELD_NAMES)
+    checked = 0
+    for row in body:
+        name = next(n for n in ("one-coin MBEM", *names) if row[0].startswith(n))
+        for setting, cell in zip(settings, row[1:], strict=True):
+            numbers = [float(x) for x in re.findall(r"\d\.\d{3}", cell)]
+            if name == "one-coin MBEM":
+                quoted_cells = [(reproduce.ONE_COIN[setting], "mbem", numbers)]
+            else:  # mean ± std at 20 epochs, then the 10-epoch mean
+                quoted_cells = [("results/field-cpu-20-epochs", names[name], numbers[:2]),
+                                (reproduce.FIELD[setting], names[name], numbers[2:])]
+            for folder, algorithm, quoted_numbers in quoted_cells:
+                for number, actual in zip(quoted_numbers, measured(folder, algorithm, setting[1]), strict=False):
+                    assert number == pytest.approx(actual, abs=5e-4), (name, setting, folder)
+                checked += 1
+    assert checked == 10
