@@ -107,7 +107,7 @@ def cells(folder):
 
 
 def test_the_20_epoch_trainings_see_as_many_images_as_mbems_two():
-    """"Equal compute" in the docs: each 20-epoch Crowd Layer and CoNAL cell made as many updates as
+    """The docs' equal compute: each 20-epoch Crowd Layer and CoNAL cell made as many updates as
     one-coin MBEM's final training and the WMV training it bootstraps from (results/cpu's, of as
     many epochs on the same items) together."""
     wmv = cells("results/cpu")
@@ -118,7 +118,7 @@ def test_the_20_epoch_trainings_see_as_many_images_as_mbems_two():
         assert wmv["wmv", seed, r]["epochs"] == mbem["epochs"] and wmv["wmv", seed, r]["n"] == mbem["n"] == cell["n"]
         assert cell["history"][-1]["updates"] == 2 * mbem["history"][-1]["updates"], (method, seed, r)
         checked += 1
-    assert checked >= 6
+    assert checked == 12  # two methods, r = 1 and 3, three seeds
 
 
 def test_the_equal_compute_table_quotes_the_committed_cells():
@@ -134,6 +134,7 @@ def test_the_equal_compute_table_quotes_the_committed_cells():
         name = next(n for n in ("one-coin MBEM", *names) if row[0].startswith(n))
         for setting, cell in zip(settings, row[1:], strict=True):
             numbers = [float(x) for x in re.findall(r"\d\.\d{3}", cell)]
+            assert len(numbers) == (2 if name == "one-coin MBEM" else 3), (name, setting, cell)
             if name == "one-coin MBEM":
                 quoted_cells = [(reproduce.ONE_COIN[setting], "mbem", numbers)]
             else:  # mean ± std at 20 epochs, then the 10-epoch mean
