@@ -3,7 +3,6 @@ the committed cells' means over seeds: a folder rerun or a cell added moves the 
 results, and this test says which prose went stale."""
 
 import csv
-import json
 import os
 import re
 import statistics
@@ -102,8 +101,8 @@ def test_which_method_tables_quote_the_committed_cells(path):
 
 
 def cells(folder):
-    with open(os.path.join(ROOT, folder, "results.json")) as f:
-        return {(c["algorithm"], c["seed"], c["redundancy"]): c for c in json.load(f)["cells"]}
+    """A committed folder's cells (reproduce.folder_cells) by (algorithm, seed, r)."""
+    return {(c["algorithm"], c["seed"], c["redundancy"]): c for c in reproduce.folder_cells(folder)}
 
 
 def test_the_20_epoch_trainings_see_as_many_images_as_mbems_two():
