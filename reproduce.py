@@ -139,6 +139,10 @@ QUEUE = (
     Folder("results/field-cifar10n-conal-no-separation", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV,
                                                           "--algorithms", "conal", "--redundancy", "1", *CONAL,
                                                           "--conal-separation", "0"), "bf16", annotations=True),
+    # equal compute again once MBEM's final training has 20 epochs (10 + 20 = 30 epochs of images):
+    # CoNAL, the field's lead at 20 epochs, once for 30 on the same labels
+    Folder("results/field-cpu-30-epochs", ("--preset", "cpu", "--algorithms", "conal", "--redundancy", "1,3",
+                                           "--epochs", "30", *CONAL), "bf16"),
 )
 
 
@@ -231,6 +235,10 @@ QUESTIONS = (
                          ("one-coin MBEM", (ONE_COIN["cifar10n", 1], "mbem", 1)))),
     *((f"one-coin MBEM, final training 20 epochs - one-coin MBEM, r={r}", ("results/cpu-one-coin-20-epochs", "mbem", r),
        (ONE_COIN["cpu", r], "mbem", r)) for r in (1, 3)),
+    # 30 epochs: as many training images as one-coin MBEM's WMV model (10 epochs) and its 20-epoch final one
+    *((f"CoNAL, 30 epochs - {what}, r={r}", ("results/field-cpu-30-epochs", "conal", r), base) for r in (1, 3)
+      for what, base in (("one-coin MBEM, final training 20 epochs", ("results/cpu-one-coin-20-epochs", "mbem", r)),
+                         ("CoNAL, 20 epochs", ("results/field-cpu-20-epochs", "conal", r)))),
 )
 
 # The same for the error of the workers' estimated accuracy (each cell's worker_accuracy_mae): how well
