@@ -185,8 +185,8 @@ class Experiment:
         cell = Cell(seed, r, n, algorithm, items, grouped.local if grouped else ann, workers,
                     self.ds.train_labels[items], grouped, rng)
 
-        def fit(targets, tag, crowd=None):
-            return self.fit(targets, items, seed, f"seed {seed} r {r} {tag}", grouped, crowd)
+        def fit(targets, tag, crowd=None, epochs=None):
+            return self.fit(targets, items, seed, f"seed {seed} r {r} {tag}", grouped, crowd, epochs)
 
         made = TARGET_MAKERS[agg.REGISTRY[algorithm].needs](self, cell, fit)
         history, test_probs = made.trained.history, made.trained.test_probs
@@ -282,7 +282,8 @@ class Experiment:
             if predicted is not None and self.writer:
                 print(f"seed {seed} r {r} mbem: bootstrapped from the saved WMV predictions {path}", flush=True)
         if predicted is None:
-            predicted = self.keep_bootstrap(seed, r, n, ann, fit(agg.weighted_majority_vote(ann), "wmv").train_probs)
+            trained = fit(agg.weighted_majority_vote(ann), "wmv", epochs=self.config.bootstrap_epochs)
+            predicted = self.keep_bootstrap(seed, r, n, ann, trained.train_probs)
         return predicted
 
     def keep_bootstrap(self, seed, r, n, ann, probs):
@@ -307,8 +308,8 @@ class Experiment:
         rng = np.random.default_rng([seed, len(items), agg.REGISTRY["crowdlab"].seed])
         return crowd_methods.out_of_fold(len(items), crowd_methods.CROWDLAB_FOLDS, rng, train_and_predict)
 
-    def fit(self, targets, items, seed, tag, grouped=None, crowd=None):
-        """Train on soft targets (twice when two-stage). Returns a Trained.
+    def fit(self, targets, items, seed, tag, grouped=None, crowd=None, epochs=None):
+        """Train on soft targets (twice when two-stage) for `epochs` (default --epochs). Returns a Trained.
 
         With epoch_images "all" (the release) the network also sees the rest of the training pool,
         after the labelled items, with all-zero targets: no loss gradient, but BatchNorm statistics
@@ -317,11 +318,12 @@ class Experiment:
         classes batch by batch, and the training items' probabilities come back n x g too.
         crowd = (head, workers, labels) trains end to end on the labels instead (resnet_torch.train),
         never taken for another training on the same targets."""
-        key, given = (seed, store.digest(items)), np.asarray(targets)
+        c, ds, trainer = self.config, self.ds, self.trainer
+        epochs = epochs or c.epochs
+        key, given = (seed, store.digest(items), epochs), np.asarray(targets)
         for done, result in self.trained.get(key, []) if crowd is None else []:
             if done.shape == given.shape and np.abs(done - given).max() <= SAME_TARGETS:
                 return result
-        c, ds, trainer = self.config, self.ds, self.trainer
         labelled = ds.train_images[items]
         images = ds.train_images[self.pool] if c.epoch_images == "all" else labelled
         options = {"imagenet": True, "milestones": IMAGENET_DROPS} if self.imagenet else {}
@@ -331,13 +333,13 @@ class Experiment:
             options["crowd"] = (head, np.concatenate([workers, pad]), np.concatenate([labels, pad]))
         history = []
         for stage in range(2 if c.two_stage else 1):
-            checkpoint = self.checkpoint(f"{tag} n {len(items)} stage {stage + 1}", seed, items, targets, crowd)
+            checkpoint = self.checkpoint(f"{tag} n {len(items)} stage {stage + 1}", seed, items, targets, crowd, epochs)
             if grouped is not None:
                 stage_targets = grouped.batch_targets(targets)
             else:
                 stage_targets = np.zeros((len(images), self.K))
                 stage_targets[:len(items)] = targets
-            model, h = trainer.train(images, stage_targets, self.K, depth=c.depth, epochs=c.epochs,
+            model, h = trainer.train(images, stage_targets, self.K, depth=c.depth, epochs=epochs,
                                      batch_size=c.batch_size, lr=c.lr, gpus=c.gpus, seed=seed + stage,
                                      select_epoch=c.select_epoch, val=self.validation,
                                      test=(ds.test_images, ds.test_labels) if c.select_epoch == "test" else None,
@@ -355,10 +357,10 @@ class Experiment:
             self.trained.setdefault(key, []).append((given.copy(), result))
         return result
 
-    def checkpoint(self, name, seed, items, targets, crowd):
+    def checkpoint(self, name, seed, items, targets, crowd, epochs):
         """Where a training keeps its state after each epoch (under --out, removed once it is done),
         keyed by everything that decides it: a killed run's next command resumes at that epoch."""
-        what = [settings.comparable(self.config), seed, name, crowd is not None, self.trainer_code]
+        what = [settings.comparable(self.config), seed, name, crowd is not None, self.trainer_code, epochs]
         key = store.digest(np.frombuffer(json.dumps(what, sort_keys=True, default=str).encode(), np.uint8))
         key += store.digest(items) + store.digest(np.asarray(targets))
         return pipeline.Checkpoint(os.path.join(self.config.out, "checkpoints", name.replace(" ", "-") + ".ckpt"), key)
@@ -478,9 +480,10 @@ def dry_run(config, experiment, cells, speed=None):
     per_epoch = {(s, r, n): len(experiment.pool) if config.epoch_images == "all" else n for s, r, n, _ in cells}
     shares = {c: settings.trainings(config, c, cells, saved) for c in cells}
     images = round(sum(sum(shares[c]) * stages * config.epochs * per_epoch[c[:3]] for c in cells))
+    bootstrap = f" (MBEM's WMV model {config.bootstrap_epochs})" if config.bootstrap_epochs else ""
     print(f"{len(cells)} cells, at most {sum(map(len, shares.values())) * stages} trainings ({stages} stage"
-          f"{'s' * (stages > 1)} each) of {config.epochs} epochs: {images:,} training images; at {speed:.0f} img/s "
-          f"({timed}) about {format_seconds(images / speed)}, evaluation not counted")
+          f"{'s' * (stages > 1)} each) of {config.epochs} epochs{bootstrap}: {images:,} training images; at "
+          f"{speed:.0f} img/s ({timed}) about {format_seconds(images / speed)}, evaluation not counted")
     return 0
 
 

@@ -92,6 +92,10 @@ SETTINGS = (
             "on it: aggregation.per_class_coin_step); docs/worker-estimates.md; one-coin is the step "
             "docs/beyond-mbem.md recommends, the lowest or within 0.003 of the lowest test error of every method run",
             choices=tuple(MBEM_STEPS)),
+    Setting("bootstrap_epochs", None, "epochs of the WMV model MBEM starts from, where MBEM trains it (no wmv in "
+            "--algorithms; default --epochs): a short bootstrap and a longer final training, e.g. --epochs 20 "
+            "--bootstrap-epochs 10 (docs/beyond-mbem.md: one-coin MBEM's lead at 30 epochs of images)",
+            number(int, 1)),
     Setting("class_prior", False, "use the class prior q in MBEM's E-step (the paper's Algorithm 1; the release has "
             "none); with a weak bootstrap model q imports its errors (docs/reproducing.md: results/cpu-rounds)",
             switch=True),
@@ -329,6 +333,8 @@ def idle_flags(config, args):
         return f"{flags(idle)}: for simulated workers only; with --annotations the workers are real"
     if config.dataset != "imagenet" and (idle := {"image_size", "loader_workers"} & given):
         return f"{flags(idle)}: for --dataset imagenet's streamed images only"
+    if "bootstrap_epochs" in given and "mbem" not in config.algorithms:
+        return "--bootstrap-epochs: for --algorithms mbem only (the WMV model it starts from)"
     for method in END_TO_END:  # each end-to-end method's own training flags
         if (idle := {s.name for s in SETTINGS if s.name.startswith(method + "_")} & given) and \
                 method not in config.algorithms:
@@ -346,6 +352,9 @@ def check(p, config, args):
         p.error(f"--seeds {','.join(map(str, config.seeds))}: a seed given twice would count twice in every mean")
     if problem := idle_flags(config, args):
         p.error(problem)
+    if config.bootstrap_epochs not in (None, config.epochs) and "wmv" in config.algorithms:
+        p.error(f"--bootstrap-epochs {config.bootstrap_epochs}: MBEM starts from the WMV cell's model, trained for "
+                f"--epochs {config.epochs}; leave wmv out of --algorithms (or run it in another --out)")
     if config.redundancy and not config.budget:
         p.error("--redundancy needs --budget")
     if config.dataset in ("folder", "imagenet") and not config.source:
@@ -420,14 +429,16 @@ def comparable(config):
 
 def trainings(config, cell, cells, saved_bootstrap):
     """The models a cell trains (at most: targets that turn out equal share one, as label-only EM's
-    at r = 1 may), each as the share of the cell's items it trains on, each `stages` times: MV and
-    WMV share one at r = 1; MBEM trains `rounds` and, without a WMV cell or a saved WMV model, its
-    bootstrap too; CROWDLAB one per fold on the other folds' items, then its final one."""
+    at r = 1 may), each as the share of the cell's items it trains on times its share of --epochs,
+    each `stages` times: MV and WMV share one at r = 1; MBEM trains `rounds` and, without a WMV cell
+    or a saved WMV model, its bootstrap too (for --bootstrap-epochs); CROWDLAB one per fold on the
+    other folds' items, then its final one."""
     seed, r, n, algorithm = cell
     if algorithm == "wmv" and r == 1 and (seed, r, n, "mv") in cells:
         return []
     if algorithm == "mbem":
-        return [1.0] * (config.rounds + ((seed, r, n, "wmv") not in cells and not saved_bootstrap(seed, r, n)))
+        bootstrap = (seed, r, n, "wmv") not in cells and not saved_bootstrap(seed, r, n)
+        return [1.0] * config.rounds + [(config.bootstrap_epochs or config.epochs) / config.epochs] * bootstrap
     if algorithm == "crowdlab":
         from mbemlib.crowd_methods import CROWDLAB_FOLDS  # torch: only where CROWDLAB runs
 

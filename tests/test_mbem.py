@@ -267,6 +267,30 @@ def test_each_cell_counts_the_trainings_it_makes_and_their_items():
     assert settings.trainings(config, cells[2], cells, always) == [1.0] * 2
     assert settings.trainings(config, cells[2], cells + [(0, 3, 16666, "wmv")], never) == [1.0] * 2
     assert settings.trainings(config, cells[3], cells, never) == [0.5, 0.5, 1.0]
+    shorter, _, _ = settings.parse(["--preset", "cpu", "--epochs", "20", "--bootstrap-epochs", "5"])
+    assert settings.trainings(shorter, cells[2], cells, never) == [1.0, 0.25]  # its round, a quarter-length bootstrap
+    assert settings.trainings(shorter, cells[2], cells, always) == [1.0]
+
+
+@pytest.mark.slow
+def test_a_shorter_bootstrap_trains_the_wmv_model_for_its_own_epochs(tmp_path):
+    """--bootstrap-epochs: MBEM's WMV model trains for its epochs, MBEM's own training for --epochs
+    (the docs' 10-epoch bootstrap and 20-epoch final training), and the dry run counts both."""
+    out = tmp_path / "short"
+    args = ("--preset", "smoke", "--backend", "torch", "--no-compile", "--algorithms", "mbem", "--redundancy", "1",
+            "--epochs", "3", "--bootstrap-epochs", "1", "--out", out)
+    dry = run(*args, "--dry-run", "--speed", "1000")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "of 3 epochs (MBEM's WMV model 1): 4,800 training images" in dry.stdout  # 600 items, 2 stages, 3 + 1 epochs
+    result = run(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (out / "train.log").read_text().splitlines()
+    wmv = [line for line in log if " wmv stage " in line]
+    mbem = [line for line in log if " mbem round 1 stage " in line]
+    assert len(wmv) == 2 and all(" epoch 1/1 " in line for line in wmv)  # two stages of one epoch
+    assert len(mbem) == 6 and all(re.search(r" epoch [123]/3 ", line) for line in mbem)
+    (cell,) = json.loads((out / "results.json").read_text())["cells"]
+    assert cell["epochs"] == 6 and (out / "bootstrap" / "wmv-seed0-r1-n600.npz").exists()
 
 
 @pytest.mark.slow
@@ -570,6 +594,9 @@ def test_without_mxnet_the_default_backend_says_what_to_do(tmp_path, monkeypatch
     (["--image-size", "64"], "--image-size: for --dataset imagenet's streamed images only"),
     (["--loader-workers", "4", "--dataset", "digits"], "--loader-workers: for --dataset imagenet"),
     (["--out", "/proc/mbem-test"], "--out /proc/mbem-test: cannot write there"),
+    (["--algorithms", "mv,wmv", "--bootstrap-epochs", "2"], "--bootstrap-epochs: for --algorithms mbem only"),
+    (["--algorithms", "wmv,mbem", "--epochs", "3", "--bootstrap-epochs", "2"],
+     "--bootstrap-epochs 2: MBEM starts from the WMV cell's model, trained for --epochs 3"),
 ])
 def test_flags_that_cannot_act_are_refused_before_any_work(tmp_path, flags, message, capsys):
     args = ["--preset", "smoke", "--backend", "torch", "--out", str(tmp_path / "x"), *flags]
