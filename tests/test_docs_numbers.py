@@ -120,27 +120,34 @@ def test_the_20_epoch_trainings_see_as_many_images_as_mbems_two():
     assert checked == 12  # two methods, r = 1 and 3, three seeds
 
 
+# The equal-compute table's rows by their label's start: the folder of the mean ± std quoted first,
+# and for the end-to-end methods the 10-epoch folder of the mean in brackets (reproduce.FIELD's).
+EQUAL_COMPUTE_ROWS = (
+    ("one-coin MBEM, a 20-epoch final training", "mbem", "results/cpu-one-coin-20-epochs", False),
+    ("one-coin MBEM", "mbem", None, False),  # two 10-epoch trainings: reproduce.ONE_COIN's folders
+    *((f"{name}, one training of 20", method, "results/field-cpu-20-epochs", True)
+      for method, name in reproduce.FIELD_NAMES[1:]),
+)
+
+
 def test_the_equal_compute_table_quotes_the_committed_cells():
     """docs/beyond-mbem.md's equal-compute table: each end-to-end method's 20-epoch mean ± std, its
-    10-epoch mean in brackets, and one-coin MBEM's two 10-epoch trainings."""
+    10-epoch mean in brackets, one-coin MBEM's two 10-epoch trainings and its 20-epoch final training."""
     rows = next(table for table in tables("docs/beyond-mbem.md", "Which method to train with")
                 if table[0][0].startswith("equal compute"))
     header, body = rows[0], rows[1:]
     settings = [next(s for start, r, s in ROWS if h.startswith(start) and h.endswith(r)) for h in header[1:]]
-    names = dict((name, method) for method, name in reproduce.FIELD_NAMES)
-    checked = 0
+    checked = set()
     for row in body:
-        name = next(n for n in ("one-coin MBEM", *names) if row[0].startswith(n))
+        label, algorithm, folder, bracketed = next(spec for spec in EQUAL_COMPUTE_ROWS if row[0].startswith(spec[0]))
         for setting, cell in zip(settings, row[1:], strict=True):
             numbers = [float(x) for x in re.findall(r"\d\.\d{3}", cell)]
-            assert len(numbers) == (2 if name == "one-coin MBEM" else 3), (name, setting, cell)
-            if name == "one-coin MBEM":
-                quoted_cells = [(reproduce.ONE_COIN[setting], "mbem", numbers)]
-            else:  # mean ± std at 20 epochs, then the 10-epoch mean
-                quoted_cells = [("results/field-cpu-20-epochs", names[name], numbers[:2]),
-                                (reproduce.FIELD[setting], names[name], numbers[2:])]
-            for folder, algorithm, quoted_numbers in quoted_cells:
-                for number, actual in zip(quoted_numbers, measured(folder, algorithm, setting[1]), strict=False):
-                    assert number == pytest.approx(actual, abs=5e-4), (name, setting, folder)
-                checked += 1
-    assert checked == 10
+            assert len(numbers) == (3 if bracketed else 2), (label, setting, cell)
+            quoted_cells = [(folder or reproduce.ONE_COIN[setting], numbers[:2])]
+            if bracketed:
+                quoted_cells.append((reproduce.FIELD[setting], numbers[2:]))
+            for where, quoted_numbers in quoted_cells:
+                for number, actual in zip(quoted_numbers, measured(where, algorithm, setting[1]), strict=False):
+                    assert number == pytest.approx(actual, abs=5e-4), (label, setting, where)
+            checked.add((label, setting))
+    assert len(checked) == 2 * len(EQUAL_COMPUTE_ROWS)  # every row at r = 1 and r = 3
