@@ -126,6 +126,10 @@ QUEUE = (
     Folder("results/field-cifar10n-20-epochs", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV, "--algorithms",
                                                 "crowdlayer,conal", "--redundancy", "1", "--epochs", "20", *CROWD),
            "bf16", annotations=True),
+    # equal compute again once MBEM's final training has 20 epochs (10 + 20 = 30 epochs of images):
+    # CoNAL, the field's lead at 20 epochs, once for 30 on the same labels
+    Folder("results/field-cpu-30-epochs", ("--preset", "cpu", "--algorithms", "conal", "--redundancy", "1,3",
+                                           "--epochs", "30", *CONAL), "bf16"),
     # three of CIFAR-10N's labels per item, so the advice covers real labels at r = 3 as it does
     # simulated ones: the field's methods (CROWDLAB among them) and the one-coin step
     Folder("results/field-cifar10n-r3", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV, "--algorithms",
@@ -139,10 +143,6 @@ QUEUE = (
     Folder("results/field-cifar10n-conal-no-separation", ("--preset", "cifar10n", "--annotations", CIFAR10N_CSV,
                                                           "--algorithms", "conal", "--redundancy", "1", *CONAL,
                                                           "--conal-separation", "0"), "bf16", annotations=True),
-    # equal compute again once MBEM's final training has 20 epochs (10 + 20 = 30 epochs of images):
-    # CoNAL, the field's lead at 20 epochs, once for 30 on the same labels
-    Folder("results/field-cpu-30-epochs", ("--preset", "cpu", "--algorithms", "conal", "--redundancy", "1,3",
-                                           "--epochs", "30", *CONAL), "bf16"),
 )
 
 
