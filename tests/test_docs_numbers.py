@@ -151,3 +151,26 @@ def test_the_equal_compute_table_quotes_the_committed_cells():
                     assert number == pytest.approx(actual, abs=5e-4), (label, setting, where)
             checked.add((label, setting))
     assert len(checked) == 2 * len(EQUAL_COMPUTE_ROWS)  # every row at r = 1 and r = 3
+
+
+def test_the_cifar10n_equal_compute_table_quotes_the_committed_cells():
+    """docs/beyond-mbem.md's equal compute on CIFAR-10N r = 1: each end-to-end method's 20-epoch mean ±
+    std with its 10-epoch mean in brackets, one-coin MBEM's two 10-epoch trainings and majority vote's one."""
+    rows = next(table for table in tables("docs/beyond-mbem.md", "Which method to train with")
+                if table[0][0].startswith("equal compute, CIFAR-10N r = 1"))
+    setting = ("cifar10n", 1)
+    expected = {name: [("results/field-cifar10n-20-epochs", method), (reproduce.FIELD[setting], method)]
+                for method, name in reproduce.FIELD_NAMES[1:]}
+    expected.update({"one-coin MBEM": [(reproduce.ONE_COIN[setting], "mbem")],
+                     "majority vote": [("results/cifar10n", "mv")]})
+    checked = set()
+    for label, cell in rows[1:]:
+        name = next(n for n in expected if label.startswith(n))
+        numbers = [float(x) for x in re.findall(r"\d\.\d{3}", cell)]
+        quoted_numbers = [numbers[:2], numbers[2:]]
+        assert len(numbers) == 2 * len(expected[name]) - (len(expected[name]) > 1), (label, cell)
+        for (folder, algorithm), quoted_here in zip(expected[name], quoted_numbers, strict=False):
+            for number, actual in zip(quoted_here, measured(folder, algorithm, 1), strict=False):
+                assert number == pytest.approx(actual, abs=5e-4), (label, folder)
+        checked.add(name)
+    assert checked == set(expected)
