@@ -360,6 +360,8 @@ class Experiment:
     def checkpoint(self, name, seed, items, targets, crowd, epochs):
         """Where a training keeps its state after each epoch (under --out, removed once it is done),
         keyed by everything that decides it: a killed run's next command resumes at that epoch."""
+        # epochs is fixed by the config and the training's name, but keyed here as well: a checkpoint
+        # of a 10-epoch bootstrap can never resume as a 20-epoch training however names change
         what = [settings.comparable(self.config), seed, name, crowd is not None, self.trainer_code, epochs]
         key = store.digest(np.frombuffer(json.dumps(what, sort_keys=True, default=str).encode(), np.uint8))
         key += store.digest(items) + store.digest(np.asarray(targets))

@@ -436,7 +436,9 @@ def main(argv=None):
     action = p.add_mutually_exclusive_group()
     action.add_argument("--status", action="store_true",
                         help="per folder: cells done of all, its precision, and the time left on this machine by "
-                             "MBEM.py --dry-run's estimate (a few timed batches each); trains nothing")
+                             "MBEM.py --dry-run's estimate (a few timed batches each); trains nothing, but first "
+                             "prepares each folder as a run would (copies in the saved WMV models it starts from, "
+                             "writes CIFAR-10N's label CSV), so the estimate does not count those trainings")
     action.add_argument("--list", action="store_true", help="print each folder's command and exit")
     action.add_argument("--compare", action="store_true",
                         help="the questions the folders answer, each a paired difference of test error over the "

@@ -120,57 +120,47 @@ def test_the_20_epoch_trainings_see_as_many_images_as_mbems_two():
     assert checked == 12  # two methods, r = 1 and 3, three seeds
 
 
-# The equal-compute table's rows by their label's start: the folder of the mean ± std quoted first,
-# and for the end-to-end methods the 10-epoch folder of the mean in brackets (reproduce.FIELD's).
-EQUAL_COMPUTE_ROWS = (
-    ("one-coin MBEM, a 20-epoch final training", "mbem", "results/cpu-one-coin-20-epochs", False),
-    ("one-coin MBEM", "mbem", None, False),  # two 10-epoch trainings: reproduce.ONE_COIN's folders
-    *((f"{name}, one training of 20", method, "results/field-cpu-20-epochs", True)
-      for method, name in reproduce.FIELD_NAMES[1:]),
+def end_to_end(twenty_epochs):
+    """Each end-to-end method's row: one 20-epoch training, its 10-epoch training's mean in brackets."""
+    return tuple((f"{name}, one training of 20", (twenty_epochs, method), (reproduce.FIELD, method))
+                 for method, name in reproduce.FIELD_NAMES[1:])
+
+
+# The equal-compute tables: each its header's start, the settings of its columns, and its rows by
+# their label's start, each with the (folder, algorithm) of every mean its cells quote, the first as
+# mean ± std and the rest in brackets. A folder is a path, or reproduce.py's map from a setting to
+# its folder (ONE_COIN, FIELD: 10-epoch trainings). A label takes the first row whose start it has,
+# so a longer label comes before its prefix.
+EQUAL_COMPUTE_TABLES = (
+    ("equal compute, seeds 0-2", (("cpu", 1), ("cpu", 3)), (
+        *end_to_end("results/field-cpu-20-epochs"),
+        ("one-coin MBEM, a 20-epoch final training", ("results/cpu-one-coin-20-epochs", "mbem")),
+        ("one-coin MBEM", (reproduce.ONE_COIN, "mbem")),  # two 10-epoch trainings
+    )),
+    ("equal compute, CIFAR-10N r = 1", (("cifar10n", 1),), (
+        *end_to_end("results/field-cifar10n-20-epochs"),
+        ("one-coin MBEM", (reproduce.ONE_COIN, "mbem")),
+        ("majority vote", ("results/cifar10n", "mv")),
+    )),
 )
 
 
-def test_the_equal_compute_table_quotes_the_committed_cells():
-    """docs/beyond-mbem.md's equal-compute table: each end-to-end method's 20-epoch mean ± std, its
-    10-epoch mean in brackets, one-coin MBEM's two 10-epoch trainings and its 20-epoch final training."""
-    rows = next(table for table in tables("docs/beyond-mbem.md", "Which method to train with")
-                if table[0][0].startswith("equal compute"))
-    header, body = rows[0], rows[1:]
-    settings = [next(s for start, r, s in ROWS if h.startswith(start) and h.endswith(r)) for h in header[1:]]
+@pytest.mark.parametrize("title, settings, spec", EQUAL_COMPUTE_TABLES, ids=[t[0] for t in EQUAL_COMPUTE_TABLES])
+def test_the_equal_compute_tables_quote_the_committed_cells(title, settings, spec):
+    """docs/beyond-mbem.md's equal-compute tables: every row and column, each mean (± std for the
+    first) the mean over seeds of the folder the spec names."""
+    table = next(t for t in tables("docs/beyond-mbem.md", "Which method to train with") if t[0][0].startswith(title))
+    assert len(table[0]) == 1 + len(settings), table[0]
     checked = set()
-    for row in body:
-        label, algorithm, folder, bracketed = next(spec for spec in EQUAL_COMPUTE_ROWS if row[0].startswith(spec[0]))
+    for row in table[1:]:
+        label, *sources = next(s for s in spec if row[0].startswith(s[0]))
         for setting, cell in zip(settings, row[1:], strict=True):
             numbers = [float(x) for x in re.findall(r"\d\.\d{3}", cell)]
-            assert len(numbers) == (3 if bracketed else 2), (label, setting, cell)
-            quoted_cells = [(folder or reproduce.ONE_COIN[setting], numbers[:2])]
-            if bracketed:
-                quoted_cells.append((reproduce.FIELD[setting], numbers[2:]))
-            for where, quoted_numbers in quoted_cells:
-                for number, actual in zip(quoted_numbers, measured(where, algorithm, setting[1]), strict=False):
+            assert len(numbers) == len(sources) + 1, (label, setting, cell)  # mean ± std, then means
+            quoted_numbers = [numbers[:2], *([n] for n in numbers[2:])]
+            for (folder, algorithm), quoted_here in zip(sources, quoted_numbers, strict=True):
+                where = folder if isinstance(folder, str) else folder[setting]
+                for number, actual in zip(quoted_here, measured(where, algorithm, setting[1]), strict=False):
                     assert number == pytest.approx(actual, abs=5e-4), (label, setting, where)
-            checked.add((label, setting))
-    assert len(checked) == 2 * len(EQUAL_COMPUTE_ROWS)  # every row at r = 1 and r = 3
-
-
-def test_the_cifar10n_equal_compute_table_quotes_the_committed_cells():
-    """docs/beyond-mbem.md's equal compute on CIFAR-10N r = 1: each end-to-end method's 20-epoch mean ±
-    std with its 10-epoch mean in brackets, one-coin MBEM's two 10-epoch trainings and majority vote's one."""
-    rows = next(table for table in tables("docs/beyond-mbem.md", "Which method to train with")
-                if table[0][0].startswith("equal compute, CIFAR-10N r = 1"))
-    setting = ("cifar10n", 1)
-    expected = {name: [("results/field-cifar10n-20-epochs", method), (reproduce.FIELD[setting], method)]
-                for method, name in reproduce.FIELD_NAMES[1:]}
-    expected.update({"one-coin MBEM": [(reproduce.ONE_COIN[setting], "mbem")],
-                     "majority vote": [("results/cifar10n", "mv")]})
-    checked = set()
-    for label, cell in rows[1:]:
-        name = next(n for n in expected if label.startswith(n))
-        numbers = [float(x) for x in re.findall(r"\d\.\d{3}", cell)]
-        quoted_numbers = [numbers[:2], numbers[2:]]
-        assert len(numbers) == 2 * len(expected[name]) - (len(expected[name]) > 1), (label, cell)
-        for (folder, algorithm), quoted_here in zip(expected[name], quoted_numbers, strict=False):
-            for number, actual in zip(quoted_here, measured(folder, algorithm, 1), strict=False):
-                assert number == pytest.approx(actual, abs=5e-4), (label, folder)
-        checked.add(name)
-    assert checked == set(expected)
+        checked.add(label)
+    assert checked == {label for label, *_ in spec}  # every row the spec names is in the table
