@@ -215,6 +215,11 @@ QUESTIONS = (
     ("one-coin MBEM - the release's MBEM, CIFAR-10N r=3", (ONE_COIN["cifar10n", 3], "mbem", 3),
      ("results/cifar10n", "mbem", 3)),
     ("one-coin MBEM - MV, CIFAR-10N r=3", (ONE_COIN["cifar10n", 3], "mbem", 3), ("results/cifar10n", "mv", 3)),
+    # the budget on real labels: one label per item against three, each method against itself
+    *((f"{name} r=1 - {name} r=3, CIFAR-10N", (one, method, 1), (three, method, 3))
+      for name, method, one, three in (("one-coin MBEM", "mbem", ONE_COIN["cifar10n", 1], ONE_COIN["cifar10n", 3]),
+                                       *((name, method, FIELD["cifar10n", 1], FIELD["cifar10n", 3])
+                                         for method, name in FIELD_NAMES[1:]))),
     # the field's methods against three baselines: MV, the release's MBEM, and MBEM with the one-coin
     # step (the best MBEM wherever both ran)
     *field_questions(("MV", "the release's MBEM", "one-coin MBEM")),
