@@ -240,6 +240,9 @@ QUESTIONS = (
                          ("one-coin MBEM", (ONE_COIN["cifar10n", 1], "mbem", 1)))),
     *((f"one-coin MBEM, final training 20 epochs - one-coin MBEM, r={r}", ("results/cpu-one-coin-20-epochs", "mbem", r),
        (ONE_COIN["cpu", r], "mbem", r)) for r in (1, 3)),
+    # the budget at equal compute: one label per item against three, CoNAL against itself
+    *((f"CoNAL, {epochs} epochs r=1 - CoNAL, {epochs} epochs r=3", (folder, "conal", 1), (folder, "conal", 3))
+      for epochs, folder in ((20, "results/field-cpu-20-epochs"), (30, "results/field-cpu-30-epochs"))),
     # 30 epochs: as many training images as one-coin MBEM's WMV model (10 epochs) and its 20-epoch final one
     *((f"CoNAL, 30 epochs - {what}, r={r}", ("results/field-cpu-30-epochs", "conal", r), base) for r in (1, 3)
       for what, base in (("one-coin MBEM, final training 20 epochs", ("results/cpu-one-coin-20-epochs", "mbem", r)),

@@ -105,19 +105,23 @@ def cells(folder):
     return {(c["algorithm"], c["seed"], c["redundancy"]): c for c in reproduce.folder_cells(folder)}
 
 
-def test_the_20_epoch_trainings_see_as_many_images_as_mbems_two():
-    """The docs' equal compute: each 20-epoch Crowd Layer and CoNAL cell made as many updates as
-    one-coin MBEM's final training and the WMV training it bootstraps from (results/cpu's, of as
-    many epochs on the same items) together."""
+@pytest.mark.parametrize("folder, finals, count", [
+    ("results/field-cpu-20-epochs", (reproduce.ONE_COIN["cpu", 1], reproduce.ONE_COIN["cpu", 3]), 12),
+    ("results/field-cpu-30-epochs", ("results/cpu-one-coin-20-epochs",), 6)])
+def test_the_equal_compute_trainings_see_as_many_images_as_mbems_two(folder, finals, count):
+    """The docs' equal compute: each end-to-end cell made as many updates as one-coin MBEM's final
+    training and the WMV training it bootstraps from (results/cpu's 10 epochs, on the same items)
+    together: two 10-epoch trainings against 20 epochs, 10 + 20 against 30."""
     wmv = cells("results/cpu")
-    final = {**cells(reproduce.ONE_COIN["cpu", 1]), **cells(reproduce.ONE_COIN["cpu", 3])}
+    final = {key: cell for path in finals for key, cell in cells(path).items()}
     checked = 0
-    for (method, seed, r), cell in cells("results/field-cpu-20-epochs").items():
-        mbem = final["mbem", seed, r]
-        assert wmv["wmv", seed, r]["epochs"] == mbem["epochs"] and wmv["wmv", seed, r]["n"] == mbem["n"] == cell["n"]
-        assert cell["history"][-1]["updates"] == 2 * mbem["history"][-1]["updates"], (method, seed, r)
+    for (method, seed, r), cell in cells(folder).items():
+        mbem, bootstrap = final["mbem", seed, r], wmv["wmv", seed, r]
+        assert bootstrap["n"] == mbem["n"] == cell["n"] and cell["epochs"] == bootstrap["epochs"] + mbem["epochs"]
+        per_epoch = mbem["history"][-1]["updates"] / mbem["epochs"]
+        assert cell["history"][-1]["updates"] == per_epoch * cell["epochs"], (method, seed, r)
         checked += 1
-    assert checked == 12  # two methods, r = 1 and 3, three seeds
+    assert checked == count  # each method at r = 1 and 3, three seeds
 
 
 def end_to_end(twenty_epochs):
@@ -134,6 +138,8 @@ def end_to_end(twenty_epochs):
 EQUAL_COMPUTE_TABLES = (
     ("equal compute, seeds 0-2", (("cpu", 1), ("cpu", 3)), (
         *end_to_end("results/field-cpu-20-epochs"),
+        ("CoNAL, one training of 30", ("results/field-cpu-30-epochs", "conal"),
+         ("results/field-cpu-20-epochs", "conal")),
         ("one-coin MBEM, a 20-epoch final training", ("results/cpu-one-coin-20-epochs", "mbem")),
         ("one-coin MBEM", (reproduce.ONE_COIN, "mbem")),  # two 10-epoch trainings
     )),
