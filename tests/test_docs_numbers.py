@@ -3,6 +3,7 @@ the committed cells' means over seeds: a folder rerun or a cell added moves the 
 results, and this test says which prose went stale."""
 
 import csv
+import functools
 import os
 import re
 import statistics
@@ -26,6 +27,7 @@ COLUMNS = (
 )
 
 
+@functools.cache  # the tables quote a folder's cells many times over
 def measured(folder, algorithm, r):
     """Mean and sample standard deviation of the folder's test errors for (algorithm, r), over seeds."""
     with open(os.path.join(ROOT, folder, "results.csv")) as f:
